@@ -131,6 +131,7 @@ def generate(out_dir: str | os.PathLike, *, patients: int = 200, size: int = 224
     counts = [0] * features.NUM_GRADES
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the result is a normal folder
     try:
         for grade in range(features.NUM_GRADES):
             (tmp / str(grade)).mkdir()
