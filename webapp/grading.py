@@ -1,0 +1,164 @@
+"""Grades an uploaded radiograph through the model server and records the result.
+
+Shared by the HTML views and the JSON API. Order of work, so that nothing is
+half-stored: validate and convert the file (a bad file stores nothing), call the
+model server, then write the prediction and its images in one transaction —
+as ``done``, or as ``failed`` with the image kept so it can be retried.
+"""
+
+import logging
+import os
+
+from flask import current_app
+from sqlalchemy.orm import Session
+
+from components.features import GRADE_NAMES
+from serving.client import InvalidInputError, ServingError
+from webapp import heatmap, images, model_card, serving_gateway
+from webapp.models import (
+    STATUS_DONE,
+    STATUS_FAILED,
+    Prediction,
+    PredictionImage,
+    User,
+    utcnow,
+)
+
+logger = logging.getLogger(__name__)
+
+MAX_FILENAME_LENGTH = 255
+
+
+class ModelRejectedImageError(ValueError):
+    """The model server refused the image as invalid input (a client error, 400)."""
+
+
+def display_filename(filename: str) -> str:
+    """The upload's base name, for display only (never used as a path).
+
+    Browsers may send a full client path; only its last component is kept and
+    control characters are dropped.
+    """
+    name = (filename or "").replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if ch.isprintable()).strip()
+    return (name or "upload")[:MAX_FILENAME_LENGTH]
+
+
+def _apply_result(prediction: Prediction, image_row: PredictionImage, result) -> None:
+    card = None
+    try:
+        card = model_card.load_model_card(
+            current_app.config["KOA_MODEL_BASE_PATH"], result.model_version
+        )
+    except model_card.ModelCardError as e:
+        # The grade is still valid without its card; say so in the log for the operator.
+        logger.warning("model card unreadable for version %s: %s", result.model_version, e)
+    prediction.status = STATUS_DONE
+    prediction.error = None
+    prediction.grade = int(result.grade)
+    prediction.grade_name = GRADE_NAMES[int(result.grade)]
+    prediction.probabilities = [float(p) for p in result.probabilities]
+    prediction.expected_grade = float(result.expected_grade)
+    prediction.confidence = float(result.confidence)
+    prediction.model_name = result.model_name
+    prediction.model_version = int(result.model_version)
+    prediction.model_pushed_at = (card or {}).get("pushed_at")
+    prediction.data_version = model_card.data_version(card)
+    image_row.heatmap_png = (
+        heatmap.overlay_png(result.heatmap) if result.heatmap is not None else None
+    )
+
+
+def _call_model(prediction: Prediction, image_row: PredictionImage, explain: bool) -> None:
+    """Runs the model; on a server failure marks the prediction failed (retryable).
+
+    Raises:
+        ModelRejectedImageError: if the server says the image itself is invalid.
+    """
+    try:
+        result = serving_gateway.get_client().predict(image_row.image_png, explain=explain)
+    except InvalidInputError as e:
+        raise ModelRejectedImageError(f"the model server could not read the image: {e}") from e
+    except ServingError as e:
+        logger.warning("model server failed for prediction of user %s: %s", prediction.user_id, e)
+        prediction.status = STATUS_FAILED
+        prediction.error = f"{type(e).__name__}: {e}"[:2000]
+        return
+    _apply_result(prediction, image_row, result)
+
+
+def grade_upload(
+    session: Session, user: User, filename: str, data: bytes, *, explain: bool = True
+) -> Prediction:
+    """Validates, grades and stores one upload.
+
+    Args:
+        session: The request's database session.
+        user: Who uploaded.
+        filename: The name the browser sent (display only).
+        data: The file's bytes.
+        explain: Ask the server for the Grad-CAM heatmap too.
+
+    Returns:
+        The stored prediction, with status ``done`` or ``failed``.
+
+    Raises:
+        images.ImageError: the file is not a usable radiograph; nothing is stored.
+        ModelRejectedImageError: the server refused the image; nothing is stored.
+    """
+    prepared = images.prepare_upload(data, current_app.config["KOA_MAX_IMAGE_PIXELS"])
+    now = utcnow()
+    prediction = Prediction(
+        user_id=user.id,
+        created_at=now,
+        updated_at=now,
+        status=STATUS_FAILED,
+        attempts=1,
+        original_filename=display_filename(filename),
+        source_format=prepared.source_format,
+        image_width=prepared.width,
+        image_height=prepared.height,
+        thumbnail_png=prepared.thumbnail_png,
+    )
+    image_row = PredictionImage(image_png=prepared.png)
+    prediction.image = image_row
+    _call_model(prediction, image_row, explain)
+    session.add(prediction)
+    session.commit()
+    logger.info(
+        "prediction %s by user %s: %s grade=%s",
+        prediction.id,
+        user.id,
+        prediction.status,
+        prediction.grade,
+    )
+    return prediction
+
+
+def retry(session: Session, prediction: Prediction, *, explain: bool = True) -> Prediction:
+    """Sends a failed prediction's kept image to the model server again.
+
+    Returns:
+        The same prediction, updated (``done``, or still ``failed``).
+
+    Raises:
+        ModelRejectedImageError: if the server refuses the image as invalid input;
+            the record is left unchanged.
+    """
+    image_row = prediction.image
+    prediction.attempts = (prediction.attempts or 0) + 1
+    prediction.updated_at = utcnow()
+    try:
+        _call_model(prediction, image_row, explain)
+    except ModelRejectedImageError:
+        session.rollback()
+        raise
+    session.commit()
+    logger.info("retry of prediction %s: %s", prediction.id, prediction.status)
+    return prediction
+
+
+def model_base_path_configured() -> bool:
+    """True if model cards can be looked up (KOA_MODEL_BASE_PATH is an existing dir)."""
+    path = current_app.config["KOA_MODEL_BASE_PATH"]
+    return bool(path) and os.path.isdir(path)

@@ -1,0 +1,85 @@
+"""JSON and CSV shapes of a prediction (shared by the API, the upload script and exports)."""
+
+from typing import Iterable, List
+
+from flask import url_for
+
+from components.features import GRADE_NAMES
+from webapp.models import Prediction
+
+CSV_COLUMNS = (
+    ["id", "created_at", "user", "file", "format", "status", "grade", "grade_name"]
+    + [f"p_{name.lower()}" for name in GRADE_NAMES]
+    + ["expected_grade", "confidence", "model_name", "model_version", "model_pushed_at"]
+    + ["data_version", "attempts", "error"]
+)
+
+
+def prediction_json(prediction: Prediction) -> dict:
+    """The API's representation of one prediction."""
+    body = {
+        "id": prediction.id,
+        "status": prediction.status,
+        "created_at": prediction.created_at.isoformat() + "Z",
+        "user": prediction.user.username,
+        "file": prediction.original_filename,
+        "format": prediction.source_format,
+        "width": prediction.image_width,
+        "height": prediction.image_height,
+        "attempts": prediction.attempts,
+        "result_url": url_for("predict.result", prediction_id=prediction.id),
+    }
+    if prediction.is_done:
+        body.update(
+            grade=prediction.grade,
+            grade_name=prediction.grade_name,
+            probabilities=list(prediction.probabilities),
+            grade_names=list(GRADE_NAMES),
+            expected_grade=prediction.expected_grade,
+            confidence=prediction.confidence,
+            model={
+                "name": prediction.model_name,
+                "version": prediction.model_version,
+                "pushed_at": prediction.model_pushed_at,
+                "data_version": prediction.data_version,
+            },
+        )
+    else:
+        body.update(
+            error=prediction.error,
+            retry_url=url_for("predict.retry", prediction_id=prediction.id),
+        )
+    return body
+
+
+def _csv_safe(value):
+    """Spreadsheet programs run cells starting with = + - @ as formulas; defuse them."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def prediction_csv_rows(predictions: Iterable[Prediction]) -> Iterable[List]:
+    """CSV rows (matching CSV_COLUMNS) for ``predictions``."""
+    for p in predictions:
+        probs = list(p.probabilities) if p.probabilities else [None] * len(GRADE_NAMES)
+        row = [
+            p.id,
+            p.created_at.isoformat(timespec="seconds") + "Z",
+            p.user.username,
+            p.original_filename,
+            p.source_format,
+            p.status,
+            p.grade,
+            p.grade_name,
+            *[None if v is None else round(float(v), 6) for v in probs],
+            None if p.expected_grade is None else round(p.expected_grade, 4),
+            None if p.confidence is None else round(p.confidence, 6),
+            p.model_name,
+            p.model_version,
+            p.model_pushed_at,
+            p.data_version,
+            p.attempts,
+            p.error,
+        ]
+        yield [_csv_safe(v) for v in row]
