@@ -483,7 +483,9 @@ def _assign_splits(items: list[_Item], eval_fraction: float,
 
     for split in (features.TRAIN_SPLIT, features.EVAL_SPLIT):
         if not any(item.split == split for item in items):
-            raise IngestError(f"split '{split}' would have no images")
+            raise IngestError(
+                f"split '{split}' would have no images (carving needs at least two "
+                "patients with the same worst grade)")
     warnings = []
     eval_grades = {i.grade for i in items if i.split == features.EVAL_SPLIT}
     missing = sorted({i.grade for i in items} - eval_grades)
