@@ -1,0 +1,356 @@
+"""Watching model base paths, loading and unloading versions, resolving requests.
+
+Each configured model has a base path holding one directory per version,
+named by a non-negative integer (TensorFlow Serving's layout). A poller scans
+the base paths, loads versions the version policy asks for and unloads the
+others. Swaps are atomic: the set of available versions is an immutable
+mapping replaced in one assignment, only after the new version has loaded;
+a request holds a reference to the version it resolved, so it completes even
+if that version is unloaded meanwhile.
+
+A version whose load fails (corrupt, or half-written while a push is in
+progress) is reported in GetModelStatus with its error and skipped: the policy
+falls back to the next-highest version that loads, so the previous version
+keeps serving. It is retried as soon as the directory's contents change, and
+otherwise up to ``max_num_load_retries`` times, ``load_retry_interval`` apart.
+"""
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Callable, Optional
+
+import grpc
+
+from serving import status
+from serving.config import ModelConfig
+from serving.servable import Servable, ServableLoadError
+
+_LOG = logging.getLogger(__name__)
+
+# ModelVersionStatus.State values (tensorflow_serving/apis/get_model_status.proto).
+START, LOADING, AVAILABLE, UNLOADING, END = 10, 20, 30, 40, 50
+
+
+@dataclass(frozen=True)
+class VersionState:
+    """What GetModelStatus reports for one version."""
+
+    version: int
+    state: int
+    error_code: grpc.StatusCode = grpc.StatusCode.OK
+    error_message: str = ""
+
+
+@dataclass
+class _Failure:
+    fingerprint: tuple
+    attempts: int
+    last_attempt: float
+
+
+def _fingerprint(path: str) -> tuple:
+    """Summarises a directory tree's names, sizes and mtimes, to notice changes."""
+    entries = []
+    for root, dirs, files in os.walk(path):
+        dirs.sort()
+        for name in sorted(files):
+            full = os.path.join(root, name)
+            try:
+                st = os.stat(full)
+            except OSError:
+                continue
+            entries.append((os.path.relpath(full, path), st.st_size, st.st_mtime_ns))
+    return tuple(entries)
+
+
+def scan_versions(base_path: str) -> dict:
+    """Returns {version: path} for the version directories under a base path."""
+    try:
+        names = os.listdir(base_path)
+    except OSError:
+        return {}
+    versions = {}
+    for name in names:
+        if name.isdigit() and os.path.isdir(os.path.join(base_path, name)):
+            versions[int(name)] = os.path.join(base_path, name)
+    return versions
+
+
+class ManagedModel:
+    """The versions of one configured model."""
+
+    def __init__(self, config: ModelConfig, *, max_num_load_retries: int, load_retry_interval: float,
+                 servable_factory: Callable = Servable, on_change: Optional[Callable] = None):
+        self.config = config
+        self._max_retries = max_num_load_retries
+        self._retry_interval = load_retry_interval
+        self._factory = servable_factory
+        self._on_change = on_change
+        self._available = MappingProxyType({})
+        self._states = {}
+        self._failures = {}
+        self._state_lock = threading.Lock()
+        self._warned_empty = False
+
+    @property
+    def name(self) -> str:
+        """The model's name."""
+        return self.config.name
+
+    def available(self):
+        """Returns the current {version: Servable} snapshot (immutable)."""
+        return self._available
+
+    def states(self) -> list:
+        """Returns the known version states, highest version first."""
+        with self._state_lock:
+            return [self._states[v] for v in sorted(self._states, reverse=True)]
+
+    def _set_state(self, state: VersionState):
+        with self._state_lock:
+            self._states[state.version] = state
+
+    def _loadable(self, version: int, path: str, now: float) -> bool:
+        failure = self._failures.get(version)
+        if failure is None:
+            return True
+        if _fingerprint(path) != failure.fingerprint:
+            return True
+        return (failure.attempts <= self._max_retries
+                and now - failure.last_attempt >= self._retry_interval)
+
+    def _aspired(self, candidates: list) -> list:
+        """Versions the policy wants, from loadable candidates, highest first."""
+        policy = self.config.policy
+        candidates = sorted(candidates, reverse=True)
+        if policy.kind == "all":
+            return candidates
+        if policy.kind == "specific":
+            return [v for v in candidates if v in policy.versions]
+        return candidates
+
+    def poll(self) -> bool:
+        """Scans the base path once and loads/unloads versions.
+
+        Returns:
+            True when every version the policy currently wants has reached a
+            final state (loaded, or failed and not due for a retry).
+        """
+        on_disk = scan_versions(self.config.base_path)
+        if not on_disk and not self._warned_empty:
+            _LOG.warning("No versions of servable %s found under base path %s",
+                         self.name, self.config.base_path)
+            self._warned_empty = True
+        elif on_disk:
+            self._warned_empty = False
+        now = time.monotonic()
+        available = dict(self._available)
+        policy = self.config.policy
+        wanted = self._aspired([v for v in on_disk])
+        serving = []
+        for version in wanted:
+            if policy.kind == "latest" and len(serving) >= policy.num_versions:
+                break
+            if version in available:
+                serving.append(version)
+                continue
+            path = on_disk[version]
+            if not self._loadable(version, path, now):
+                continue
+            if self._load(version, path, available):
+                serving.append(version)
+        changed = False
+        for version in list(available):
+            if version not in serving:
+                self._unload(version, available)
+                changed = True
+        if changed or set(available) != set(self._available):
+            self._publish(available)
+        return True
+
+    def _load(self, version: int, path: str, available: dict) -> bool:
+        fingerprint = _fingerprint(path)
+        _LOG.info("Loading servable: {name: %s version: %d} from %s", self.name, version, path)
+        self._set_state(VersionState(version, LOADING))
+        started = time.monotonic()
+        try:
+            servable = self._factory(self.name, version, path)
+        except ServableLoadError as e:
+            failure = self._failures.get(version)
+            attempts = 1 if failure is None or failure.fingerprint != fingerprint else failure.attempts + 1
+            self._failures[version] = _Failure(fingerprint, attempts, time.monotonic())
+            _LOG.error("Loading servable: {name: %s version: %d} failed: %s (attempt %d; it is "
+                       "retried when %s changes)", self.name, version, e, attempts, path)
+            self._set_state(VersionState(version, END, e.code, str(e)))
+            return False
+        self._failures.pop(version, None)
+        available[version] = servable
+        # Publish right away so that the new version serves before the old
+        # one is unloaded: requests never see an empty model.
+        self._publish(available)
+        self._set_state(VersionState(version, AVAILABLE))
+        _LOG.info("Successfully loaded servable version {name: %s version: %d} in %.2fs",
+                  self.name, version, time.monotonic() - started)
+        return True
+
+    def _unload(self, version: int, available: dict):
+        _LOG.info("Unloading servable version {name: %s version: %d}", self.name, version)
+        self._set_state(VersionState(version, UNLOADING))
+        del available[version]
+        self._publish(available)
+        self._set_state(VersionState(version, END))
+
+    def _publish(self, available: dict):
+        self._available = MappingProxyType(dict(available))
+        if self._on_change is not None:
+            self._on_change(self.name, sorted(available))
+
+    def resolve(self, version: Optional[int] = None, label: Optional[str] = None,
+                allow_unavailable_labels: bool = False) -> Servable:
+        """Returns the servable a ModelSpec asks for.
+
+        Args:
+            version: a specific version, or None.
+            label: a version label, or None.
+            allow_unavailable_labels: accept a label whose version is not loaded
+                (it then fails as an unavailable specific version).
+
+        Raises:
+            status.ServingStatusError: NOT_FOUND for a missing version,
+                INVALID_ARGUMENT for an unknown label.
+        """
+        del allow_unavailable_labels  # a label to an unloaded version fails below either way
+        available = self._available
+        if label:
+            if label not in self.config.labels:
+                raise status.invalid_argument(f"Unrecognized servable version label: {label}")
+            version = self.config.labels[label]
+        if version is not None:
+            servable = available.get(version)
+            if servable is None:
+                raise status.not_found(f"Servable not found for request: Specific({self.name}, {version})")
+            return servable
+        if not available:
+            raise status.not_found(f"Servable not found for request: Latest({self.name})")
+        return available[max(available)]
+
+
+class ModelManager:
+    """All configured models, and the poller that keeps them up to date."""
+
+    def __init__(self, configs: list, *, poll_wait_seconds: float, max_num_load_retries: int = 5,
+                 load_retry_interval: float = 60.0, allow_unavailable_labels: bool = False,
+                 on_change: Optional[Callable] = None, servable_factory: Callable = Servable):
+        self.models = {
+            c.name: ManagedModel(c, max_num_load_retries=max_num_load_retries,
+                                 load_retry_interval=load_retry_interval,
+                                 servable_factory=servable_factory, on_change=on_change)
+            for c in configs
+        }
+        self._poll_wait = poll_wait_seconds
+        self._allow_unavailable_labels = allow_unavailable_labels
+        self._stop = threading.Event()
+        self._thread = None
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` has been called."""
+        return self._stop.is_set()
+
+    def poll_once(self):
+        """Polls every model's base path once."""
+        for model in self.models.values():
+            try:
+                model.poll()
+            except OSError as e:
+                _LOG.error("Polling %s failed: %s", model.config.base_path, e)
+
+    def load_initial(self, wait_seconds: float = 1.0) -> list:
+        """Loads the initial versions, waiting until every model has one.
+
+        Like tensorflow_model_server, start-up waits while a base path holds no
+        version at all, and fails if versions exist but none loads.
+
+        Returns:
+            Names of the models that have no available version after their
+            versions were tried (empty on success).
+        """
+        while not self._stop.is_set():
+            self.poll_once()
+            empty = [m for m in self.models.values()
+                     if not m.available() and not scan_versions(m.config.base_path)]
+            if not empty:
+                break
+            self._stop.wait(wait_seconds)
+        return [m.name for m in self.models.values() if not m.available()]
+
+    def check_labels(self) -> list:
+        """Returns problems with version labels that point at unloaded versions."""
+        problems = []
+        for model in self.models.values():
+            for label, version in model.config.labels.items():
+                if version not in model.available() and not self._allow_unavailable_labels:
+                    problems.append(f"label '{label}' of model '{model.name}' points at version "
+                                    f"{version}, which is not available")
+        return problems
+
+    def start_polling(self):
+        """Starts the background poller (no-op if the poll interval is 0)."""
+        if self._poll_wait <= 0 or self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="model-poller", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.wait(self._poll_wait):
+            self.poll_once()
+
+    def stop(self):
+        """Stops the poller; loaded versions stay in memory until released."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def resolve(self, model_spec):
+        """Returns the servable for a ``ModelSpec`` proto.
+
+        Raises:
+            status.ServingStatusError: unknown model, version or label.
+        """
+        model = self.models.get(model_spec.name)
+        choice = model_spec.WhichOneof("version_choice")
+        version = model_spec.version.value if choice == "version" else None
+        label = model_spec.version_label if choice == "version_label" else None
+        if model is None:
+            request = f"Specific({model_spec.name}, {version})" if version is not None else f"Latest({model_spec.name})"
+            raise status.not_found(f"Servable not found for request: {request}")
+        return model.resolve(version, label, self._allow_unavailable_labels)
+
+    def version_states(self, model_spec) -> list:
+        """Returns VersionStates for a GetModelStatus ``ModelSpec``.
+
+        Raises:
+            status.ServingStatusError: NOT_FOUND as TensorFlow Serving words it.
+        """
+        model = self.models.get(model_spec.name)
+        states = model.states() if model is not None else []
+        choice = model_spec.WhichOneof("version_choice")
+        if choice == "version_label":
+            if model is None or model_spec.version_label not in model.config.labels:
+                raise status.invalid_argument(
+                    f"Unrecognized servable version label: {model_spec.version_label}")
+            version = model.config.labels[model_spec.version_label]
+        elif choice == "version":
+            version = model_spec.version.value
+        else:
+            if not states:
+                raise status.not_found(f"Could not find any versions of model {model_spec.name}")
+            return states
+        matching = [s for s in states if s.version == version]
+        if not matching:
+            raise status.not_found(f"Could not find version {version} of model {model_spec.name}")
+        return matching

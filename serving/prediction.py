@@ -1,0 +1,284 @@
+"""The TensorFlow Serving API calls, independent of transport.
+
+gRPC (:mod:`serving.grpc_service`) and REST (:mod:`serving.rest`) both turn
+their requests into the API's protobuf messages and call :class:`ApiHandler`,
+so validation, error codes and messages are identical on both, and worded as
+TensorFlow Serving words them.
+"""
+
+import logging
+import time
+
+import grpc
+import numpy as np
+
+from serving import protos, servable as servable_lib, status, tensors
+
+_LOG = logging.getLogger(__name__)
+
+DEFAULT_SIGNATURE = "serving_default"
+SIGNATURE_DEF_FIELD = "signature_def"
+CLASSIFY_INPUTS = "inputs"
+CLASSIFY_CLASSES = "classes"
+CLASSIFY_SCORES = "scores"
+
+
+def _keys(mapping) -> str:
+    return ",".join(sorted(mapping))
+
+
+def _shape_text(shape) -> str:
+    return "[" + ",".join("?" if d is None or d < 0 else str(d) for d in shape) + "]"
+
+
+class ApiHandler:
+    """Implements Predict, Classify, GetModelMetadata and GetModelStatus.
+
+    Args:
+        manager: the :class:`serving.model_manager.ModelManager`.
+        batcher: a :class:`serving.batching.BatchScheduler`, or None to run
+            each request on its own.
+        metrics: a :class:`serving.metrics.ServerMetrics`, or None.
+    """
+
+    def __init__(self, manager, batcher=None, metrics=None):
+        self._manager = manager
+        self._batcher = batcher
+        self._metrics = metrics
+        self._p = protos.load()
+
+    # -- Predict -----------------------------------------------------------
+
+    def predict(self, request, api: str = "grpc"):
+        """Runs a PredictRequest and returns a PredictResponse.
+
+        Raises:
+            status.ServingStatusError: with TensorFlow Serving's code and text.
+        """
+        started = time.perf_counter()
+        spec = request.model_spec
+        signature_name = spec.signature_name or DEFAULT_SIGNATURE
+        version = ""
+        code = grpc.StatusCode.OK
+        try:
+            servable = self._manager.resolve(spec)
+            version = str(servable.version)
+            signature = servable.signature_defs.get(signature_name)
+            if signature is None:
+                raise status.ServingStatusError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"Serving signature key \"{signature_name}\" not found.")
+            if signature.method_name not in (servable_lib.PREDICT_METHOD, servable_lib.CLASSIFY_METHOD,
+                                             servable_lib.REGRESS_METHOD):
+                raise status.ServingStatusError(
+                    grpc.StatusCode.INTERNAL,
+                    "Expected prediction signature method_name to be one of "
+                    f"{{{servable_lib.PREDICT_METHOD}, {servable_lib.CLASSIFY_METHOD}, "
+                    f"{servable_lib.REGRESS_METHOD}}}. Was: {signature.method_name}")
+            inputs = self._predict_inputs(signature, request)
+            aliases = self._output_aliases(signature, request.output_filter)
+            outputs = self._run(servable, signature_name, inputs, aliases)
+            response = self._p.predict_pb2.PredictResponse()
+            response.model_spec.name = spec.name
+            response.model_spec.version.value = servable.version
+            response.model_spec.signature_name = signature_name
+            tensor_proto = self._p.tensor_pb2.TensorProto
+            for alias in aliases:
+                array = outputs[alias]
+                dtype = signature.outputs[alias].dtype
+                response.outputs[alias].CopyFrom(
+                    tensors.to_tensor_proto(array, tensor_proto, dtype, as_content=False))
+            return response
+        except status.ServingStatusError as e:
+            code = e.code
+            raise
+        finally:
+            if self._metrics is not None:
+                self._metrics.observe_request(spec.name, version, signature_name, api, "predict",
+                                              code.name, time.perf_counter() - started)
+
+    def _predict_inputs(self, signature, request) -> dict:
+        if len(request.inputs) != len(signature.inputs):
+            sent, wanted = set(request.inputs), set(signature.inputs)
+            raise status.invalid_argument(
+                f"input size does not match signature: {len(sent)}!={len(wanted)} "
+                f"len({{{_keys(sent)}}}) != len({{{_keys(wanted)}}}). "
+                f"Sent extra: {{{_keys(sent - wanted)}}}. Missing but required: {{{_keys(wanted - sent)}}}.")
+        inputs = {}
+        for index, alias in enumerate(sorted(request.inputs)):
+            info = signature.inputs.get(alias)
+            if info is None:
+                raise status.invalid_argument(
+                    f"input tensor alias not found in signature: {alias}. "
+                    f"Inputs expected to be in the set {{{_keys(signature.inputs)}}}.")
+            proto = request.inputs[alias]
+            try:
+                array = tensors.to_ndarray(proto)
+            except tensors.TensorConversionError as e:
+                raise status.invalid_argument(f"tensor parsing error: {alias}") from e
+            if proto.dtype != info.dtype:
+                raise status.invalid_argument(
+                    f"Expects arg[{index}] to be {tensors.dtype_name(info.dtype)} but "
+                    f"{tensors.dtype_name(proto.dtype)} is provided")
+            self._check_shape(alias, array.shape, info.tensor_shape)
+            inputs[alias] = array
+        return inputs
+
+    @staticmethod
+    def _check_shape(alias, shape, tensor_shape):
+        if tensor_shape.unknown_rank:
+            return
+        wanted = [d.size for d in tensor_shape.dim]
+        if len(wanted) != len(shape) or any(w >= 0 and w != s for w, s in zip(wanted, shape)):
+            raise status.invalid_argument(
+                f"input '{alias}' has shape {_shape_text(shape)} but the signature expects "
+                f"{_shape_text(wanted)}")
+
+    @staticmethod
+    def _output_aliases(signature, output_filter) -> list:
+        if not output_filter:
+            return sorted(signature.outputs)
+        seen = []
+        for alias in output_filter:
+            if alias not in signature.outputs:
+                raise status.invalid_argument(
+                    f"output tensor alias not found in signature: {alias} "
+                    f"Outputs expected to be in the set {{{_keys(signature.outputs)}}}.")
+            if alias in seen:
+                raise status.invalid_argument(f"duplicate output tensor alias: {alias}")
+            seen.append(alias)
+        return seen
+
+    def _run(self, servable, signature_name, inputs, aliases) -> dict:
+        batchable = inputs and all(a.ndim >= 1 for a in inputs.values()) and len(
+            {a.shape[0] for a in inputs.values()}) == 1
+        if self._batcher is not None and batchable:
+            return self._batcher.run(servable, signature_name, inputs, aliases)
+        return servable.run(signature_name, inputs, aliases)
+
+    # -- Classify ----------------------------------------------------------
+
+    def classify(self, request, api: str = "grpc"):
+        """Runs a ClassificationRequest and returns a ClassificationResponse.
+
+        Raises:
+            status.ServingStatusError: with TensorFlow Serving's code and text.
+        """
+        started = time.perf_counter()
+        spec = request.model_spec
+        signature_name = spec.signature_name or DEFAULT_SIGNATURE
+        version = ""
+        code = grpc.StatusCode.OK
+        try:
+            servable = self._manager.resolve(spec)
+            version = str(servable.version)
+            signature = servable.signature_defs.get(signature_name)
+            if signature is None:
+                raise status.invalid_argument(f"No signature was found with the name: {signature_name}")
+            if signature.method_name != servable_lib.CLASSIFY_METHOD:
+                raise status.invalid_argument(
+                    f"Expected classification signature method_name to be "
+                    f"{servable_lib.CLASSIFY_METHOD}. Was: {signature.method_name}")
+            if CLASSIFY_INPUTS not in signature.inputs or len(signature.inputs) != 1:
+                raise status.invalid_argument(
+                    f"Classification signature must have exactly one input named '{CLASSIFY_INPUTS}'")
+            aliases = [a for a in (CLASSIFY_CLASSES, CLASSIFY_SCORES) if a in signature.outputs]
+            if not aliases:
+                raise status.invalid_argument(
+                    f"Expected classification signature outputs to contain at least one of "
+                    f"{{{CLASSIFY_CLASSES}, {CLASSIFY_SCORES}}}")
+            examples = self._serialized_examples(request.input)
+            outputs = self._run(servable, signature_name,
+                                {CLASSIFY_INPUTS: np.array(examples, dtype=object)}, aliases)
+            response = self._p.classification_pb2.ClassificationResponse()
+            response.model_spec.name = spec.name
+            response.model_spec.version.value = servable.version
+            response.model_spec.signature_name = signature_name
+            self._fill_classifications(response.result, outputs, len(examples))
+            return response
+        except status.ServingStatusError as e:
+            code = e.code
+            raise
+        finally:
+            if self._metrics is not None:
+                self._metrics.observe_request(spec.name, version, signature_name, api, "classify",
+                                              code.name, time.perf_counter() - started)
+
+    def _serialized_examples(self, input_proto) -> list:
+        kind = input_proto.WhichOneof("kind")
+        if kind == "example_list":
+            examples = list(input_proto.example_list.examples)
+            context = None
+        elif kind == "example_list_with_context":
+            examples = list(input_proto.example_list_with_context.examples)
+            context = input_proto.example_list_with_context.context
+        else:
+            raise status.invalid_argument("Input is empty.")
+        if not examples:
+            raise status.invalid_argument("Input is empty.")
+        serialized = []
+        for example in examples:
+            if context is not None:
+                merged = self._p.example_pb2.Example()
+                merged.CopyFrom(context)
+                merged.MergeFrom(example)
+                example = merged
+            serialized.append(example.SerializeToString())
+        return serialized
+
+    @staticmethod
+    def _fill_classifications(result, outputs, count):
+        classes = outputs.get(CLASSIFY_CLASSES)
+        scores = outputs.get(CLASSIFY_SCORES)
+        for name, array in ((CLASSIFY_CLASSES, classes), (CLASSIFY_SCORES, scores)):
+            if array is not None and (array.ndim != 2 or array.shape[0] != count):
+                raise status.invalid_argument(
+                    f"Expected Tensor shape: [{count} num_classes] but got {list(array.shape)} "
+                    f"for output '{name}'")
+        if classes is not None and scores is not None and classes.shape != scores.shape:
+            raise status.invalid_argument(
+                f"Tensors class and score should match in shape: {list(classes.shape)} vs "
+                f"{list(scores.shape)}")
+        width = (classes if classes is not None else scores).shape[1]
+        for row in range(count):
+            classifications = result.classifications.add()
+            for col in range(width):
+                entry = classifications.classes.add()
+                if classes is not None:
+                    label = classes[row, col]
+                    entry.label = label.decode("utf-8", "replace") if isinstance(label, bytes) else str(label)
+                if scores is not None:
+                    entry.score = float(scores[row, col])
+
+    # -- Metadata and status -----------------------------------------------
+
+    def get_model_metadata(self, request):
+        """Answers a GetModelMetadataRequest (only the signature_def field exists)."""
+        if not request.metadata_field:
+            raise status.invalid_argument(
+                "GetModelMetadataRequest must specify at least one metadata_field")
+        for field in request.metadata_field:
+            if field != SIGNATURE_DEF_FIELD:
+                raise status.invalid_argument(f"Metadata field {field} is not supported")
+        servable = self._manager.resolve(request.model_spec)
+        response = self._p.get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = request.model_spec.name
+        response.model_spec.version.value = servable.version
+        signature_map = self._p.get_model_metadata_pb2.SignatureDefMap()
+        for key, signature in servable.signature_defs.items():
+            signature_map.signature_def[key].CopyFrom(signature)
+        response.metadata[SIGNATURE_DEF_FIELD].Pack(signature_map)
+        return response
+
+    def get_model_status(self, request):
+        """Answers a GetModelStatusRequest."""
+        if not request.HasField("model_spec"):
+            raise status.invalid_argument("Missing ModelSpec")
+        response = self._p.get_model_status_pb2.GetModelStatusResponse()
+        for state in self._manager.version_states(request.model_spec):
+            entry = response.model_version_status.add()
+            entry.version = state.version
+            entry.state = state.state
+            entry.status.error_code = state.error_code.value[0]
+            entry.status.error_message = state.error_message
+        return response
