@@ -83,7 +83,7 @@ class IngestReport:
         duplicates: Groups of byte-identical images, each {"sha256", "files",
             "grades", "action"}.
         warnings: Things worth a look that did not stop the import.
-        content_sha256: sha256 over the sorted "<file sha256> <grade> <split>"
+        content_hash: sha256 over the sorted "<file sha256> <grade> <split>"
             lines of every imported image: equal hashes mean equal data.
         format_version: Version of this report's layout.
     """
@@ -99,7 +99,7 @@ class IngestReport:
     skipped: list[str]
     duplicates: list[dict]
     warnings: list[str]
-    content_sha256: str
+    content_hash: str
     format_version: int = REPORT_FORMAT_VERSION
 
     @property
@@ -208,12 +208,12 @@ def ingest(source: str | os.PathLike, out_dir: str | os.PathLike, *,
         skipped=scan.skipped,
         duplicates=duplicates,
         warnings=warnings,
-        content_sha256=_content_hash(items),
+        content_hash=_content_hash(items),
     )
     _write_output(out, items, report, seed)
     logger.info("Imported %d images into %s: %s (%d excluded, content %s)",
                 report.total_images, out, report.counts, len(report.excluded),
-                report.content_sha256[:12])
+                report.content_hash[:12])
     return report
 
 

@@ -105,12 +105,12 @@ def test_ingest_is_deterministic_for_a_seed(synthetic_source, tmp_path):
     first = ingestion.ingest(synthetic_source, tmp_path / "a", seed=3)
     second = ingestion.ingest(synthetic_source, tmp_path / "b", seed=3)
     other = ingestion.ingest(synthetic_source, tmp_path / "c", seed=4)
-    assert first.content_sha256 == second.content_sha256
+    assert first.content_hash == second.content_hash
     for split in ("train", "eval"):
         assert ((tmp_path / "a" / split / "data.tfrecord").read_bytes()
                 == (tmp_path / "b" / split / "data.tfrecord").read_bytes())
     # Same images, other seed: another patient split, so another content hash.
-    assert other.content_sha256 != first.content_sha256
+    assert other.content_hash != first.content_hash
     eval_a = {r["patient"] for r in _read_records(tmp_path / "a" / "eval" / "data.tfrecord")}
     eval_c = {r["patient"] for r in _read_records(tmp_path / "c" / "eval" / "data.tfrecord")}
     assert eval_a != eval_c
@@ -300,8 +300,8 @@ def test_refuses_foreign_out_dir_but_replaces_a_previous_import(synthetic_source
     first = ingestion.ingest(synthetic_source, out, seed=1)
     second = ingestion.ingest(synthetic_source, out, seed=2)
     saved = json.loads((out / "ingest_report.json").read_text())
-    assert saved["seed"] == 2 and saved["content_sha256"] == second.content_sha256
-    assert first.content_sha256 != second.content_sha256
+    assert saved["seed"] == 2 and saved["content_hash"] == second.content_hash
+    assert first.content_hash != second.content_hash
     assert sorted(p.name for p in tmp_path.iterdir()) == ["foreign", "out"]
 
 
