@@ -1,0 +1,139 @@
+"""The one image preprocessing definition: encoded bytes -> model-ready pixels.
+
+Transform's `preprocessing_fn` calls `preprocess_images`, and the exported serving
+signatures run the same Transform graph, so training and serving cannot drift.
+
+The shared training radiographs were CLAHE-enhanced by a third party before they reached
+us, while clinicians may upload un-enhanced films. The graph therefore applies its own
+CLAHE to every image: an un-enhanced film becomes close to an enhanced one, and CLAHE on
+an already-enhanced film changes little, so the model sees one distribution either way.
+"""
+
+import tensorflow as tf
+
+from components import features
+
+CLAHE_GRID = 8  # tiles per side, as in the common 8x8 default
+CLAHE_CLIP_LIMIT = 2.0  # histogram clip, in multiples of a flat histogram's height
+_BINS = 256
+
+
+def decode_image(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Decodes one PNG/JPEG/BMP/GIF to a gray float image of `image_size` squared.
+
+    Accepts 8- and 16-bit, gray, gray+alpha, RGB and RGBA. The aspect ratio is kept
+    (padded with black) so a non-square film is not distorted.
+
+    Args:
+      image_bytes: scalar tf.string, the encoded file.
+      image_size: output height and width.
+
+    Returns:
+      float32 [image_size, image_size, 1] in [0, 1].
+    """
+    # dtype=float32 rescales 8- and 16-bit inputs to [0, 1] alike.
+    image = tf.io.decode_image(
+        image_bytes, channels=0, dtype=tf.float32, expand_animations=False
+    )
+    channels = tf.shape(image)[-1]
+    image = tf.cond(
+        channels >= 3,
+        lambda: tf.image.rgb_to_grayscale(image[..., :3]),
+        lambda: image[..., :1],
+    )
+    image = tf.image.resize_with_pad(
+        image, image_size, image_size, antialias=True
+    )
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def clahe(images: tf.Tensor, grid: int = CLAHE_GRID,
+          clip_limit: float = CLAHE_CLIP_LIMIT) -> tf.Tensor:
+    """Contrast-limited adaptive histogram equalisation, batched, in the TF graph.
+
+    Per tile: a 256-bin histogram clipped at `clip_limit` times the flat height (the
+    excess is spread evenly), its CDF as the tile's mapping; each pixel is mapped by
+    bilinear interpolation between the four nearest tile centres.
+
+    Args:
+      images: float32 [N, S, S, 1] in [0, 1]; S must be a multiple of `grid`.
+      grid: tiles per side.
+      clip_limit: clip height relative to a flat histogram.
+
+    Returns:
+      float32 [N, S, S, 1] in [0, 1].
+    """
+    size = images.shape[1]
+    if size is None or size % grid:
+        raise ValueError(f"CLAHE needs a static image size divisible by {grid}, got {size}")
+    tile = size // grid
+    batch = tf.shape(images)[0]
+    levels = tf.cast(tf.round(images[..., 0] * (_BINS - 1)), tf.int32)  # [N, S, S]
+
+    # Histograms of all tiles of all images with one bincount over offset indices.
+    tiles = tf.reshape(levels, [batch, grid, tile, grid, tile])
+    tiles = tf.transpose(tiles, [0, 1, 3, 2, 4])  # [N, gy, gx, ty, tx]
+    tile_ids = tf.reshape(tf.range(batch * grid * grid), [batch, grid, grid, 1, 1])
+    flat = tf.reshape(tile_ids * _BINS + tiles, [-1])
+    hist = tf.math.bincount(flat, minlength=batch * grid * grid * _BINS,
+                            maxlength=batch * grid * grid * _BINS, dtype=tf.float32)
+    hist = tf.reshape(hist, [batch * grid * grid, _BINS])
+
+    limit = max(clip_limit * tile * tile / _BINS, 1.0)
+    excess = tf.reduce_sum(tf.nn.relu(hist - limit), axis=1, keepdims=True)
+    hist = tf.minimum(hist, limit) + excess / _BINS
+    mapping = tf.cumsum(hist, axis=1) / float(tile * tile)  # [N*g*g, 256]
+    mapping = tf.reshape(mapping, [-1])
+
+    # Position of every pixel relative to the tile centres.
+    centres = (tf.range(size, dtype=tf.float32) + 0.5) / tile - 0.5
+    centres = tf.clip_by_value(centres, 0.0, grid - 1.0)
+    low = tf.cast(tf.floor(centres), tf.int32)
+    high = tf.minimum(low + 1, grid - 1)
+    frac = centres - tf.cast(low, tf.float32)
+
+    image_ids = tf.reshape(tf.range(batch), [batch, 1, 1])
+
+    def lookup(rows, cols):
+        tile_index = (image_ids * grid + rows[None, :, None]) * grid + cols[None, None, :]
+        return tf.gather(mapping, tile_index * _BINS + levels)
+
+    wy = frac[None, :, None]
+    wx = frac[None, None, :]
+    top = (1 - wx) * lookup(low, low) + wx * lookup(low, high)
+    bottom = (1 - wx) * lookup(high, low) + wx * lookup(high, high)
+    out = (1 - wy) * top + wy * bottom
+    return tf.clip_by_value(out, 0.0, 1.0)[..., None]
+
+
+def preprocess_images(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Encoded images -> float32 [N, image_size, image_size, 1] in [0, 1], enhanced.
+
+    Args:
+      image_bytes: tf.string of any shape whose elements are encoded images.
+      image_size: output size; a multiple of CLAHE_GRID.
+    """
+    flat = tf.reshape(image_bytes, [-1])
+    images = tf.map_fn(
+        lambda b: decode_image(b, image_size),
+        flat,
+        fn_output_signature=tf.TensorSpec([image_size, image_size, 1], tf.float32),
+    )
+    return clahe(images)
+
+
+def preprocessing_fn(inputs, custom_config):
+    """TFX Transform entry point.
+
+    Args:
+      inputs: raw features (see components/features.py).
+      custom_config: {"image_size": int} from the pipeline config.
+
+    Returns:
+      The model's input image and the label.
+    """
+    size = int(custom_config["image_size"])
+    return {
+        features.TRANSFORMED_IMAGE_KEY: preprocess_images(inputs[features.IMAGE_KEY], size),
+        features.LABEL_KEY: tf.reshape(inputs[features.LABEL_KEY], [-1]),
+    }

@@ -1,0 +1,122 @@
+"""Pusher that publishes a blessed model atomically with its model card.
+
+TFX's Pusher copies files straight into `<base>/<version>/`, so a server polling the
+base path can see a half-copied version, and it records neither the evaluation nor the
+lineage. This component stages the copy in a hidden sibling directory, writes
+`assets.extra/model_card.json` (metrics, training history, lineage), then renames the
+directory into place in one step. Versions are Unix seconds, always increasing.
+"""
+
+import datetime
+import json
+import logging
+import os
+import shutil
+import time
+from typing import Any, Dict, List
+
+from tfx import types
+from tfx.components.pusher import executor as tfx_pusher_executor
+from tfx.dsl.components.base import base_component, executor_spec
+from tfx.types import artifact_utils, standard_artifacts
+from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
+
+from components import evaluation, model
+
+logger = logging.getLogger(__name__)
+
+MODEL_CARD_FILE = "model_card.json"
+
+
+def model_card_path(version_dir: str) -> str:
+    """Where the model card of a pushed version lives."""
+    return os.path.join(version_dir, "assets.extra", MODEL_CARD_FILE)
+
+
+def next_version(base_dir: str) -> int:
+    """Current Unix second, or one more than the newest existing version if that is later."""
+    existing = [int(name) for name in os.listdir(base_dir) if name.isdigit()] if os.path.isdir(
+        base_dir) else []
+    return max([int(time.time())] + [v + 1 for v in existing])
+
+
+class ServingPusherSpec(ComponentSpec):
+    """Inputs: model, blessing, evaluation. Parameters: destination and lineage."""
+
+    PARAMETERS = {
+        "base_directory": ExecutionParameter(type=str),
+        "model_name": ExecutionParameter(type=str),
+        # JSON object recorded as the model card's lineage (data hash, git commit, ...).
+        "lineage": ExecutionParameter(type=str),
+    }
+    INPUTS = {
+        "model": ChannelParameter(type=standard_artifacts.Model),
+        "model_blessing": ChannelParameter(type=standard_artifacts.ModelBlessing),
+        "evaluation": ChannelParameter(type=standard_artifacts.ModelEvaluation),
+    }
+    OUTPUTS = {"pushed_model": ChannelParameter(type=standard_artifacts.PushedModel)}
+
+
+class Executor(tfx_pusher_executor.Executor):
+    """Stages, annotates and atomically publishes a blessed SavedModel."""
+
+    def Do(self, input_dict: Dict[str, List[types.Artifact]],
+           output_dict: Dict[str, List[types.Artifact]],
+           exec_properties: Dict[str, Any]) -> None:
+        self._log_startup(input_dict, output_dict, exec_properties)
+        pushed = artifact_utils.get_single_instance(output_dict["pushed_model"])
+        evaluation_uri = artifact_utils.get_single_instance(input_dict["evaluation"]).uri
+        grade_metrics = evaluation.load_grade_metrics(evaluation_uri)
+        if not self.CheckBlessing(input_dict):
+            logger.warning("model NOT pushed: the Evaluator did not bless it (%s)",
+                           "; ".join(grade_metrics["failures"]) or "no reason recorded")
+            self._MarkNotPushed(pushed)
+            return
+
+        source = self.GetModelPath(input_dict)
+        base = exec_properties["base_directory"]
+        os.makedirs(base, exist_ok=True)
+        version = next_version(base)
+        final = os.path.join(base, str(version))
+        staging = os.path.join(base, f".staging-{version}")
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            shutil.copytree(source, staging)
+            card = {
+                "model_name": exec_properties["model_name"],
+                "version": version,
+                "pushed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                    timespec="seconds"),
+                "metrics": {k: v for k, v in grade_metrics.items() if k != "failures"},
+                "training_history": model.read_training_record(source).get("history", {}),
+                "lineage": {**json.loads(exec_properties["lineage"]),
+                            "pipeline_run_id": self._context.pipeline_run_id
+                            if self._context else None},
+            }
+            path = model_card_path(staging)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(card, f, indent=2)
+            os.rename(staging, final)  # atomic on one filesystem: servers see all or nothing
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        logger.info("pushed model version %d to %s (accuracy %.4f)", version, final,
+                    grade_metrics["accuracy"] or 0.0)
+        shutil.copytree(final, pushed.uri, dirs_exist_ok=True)
+        self._MarkPushed(pushed, pushed_destination=final, pushed_version=str(version))
+
+
+class ServingPusher(base_component.BaseComponent):
+    """Pushes a blessed model to `<base_directory>/<version>/` with its model card."""
+
+    SPEC_CLASS = ServingPusherSpec
+    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
+
+    def __init__(self, model: types.BaseChannel, model_blessing: types.BaseChannel,
+                 evaluation: types.BaseChannel, base_directory: str, model_name: str,
+                 lineage: Dict[str, Any]):
+        super().__init__(spec=ServingPusherSpec(
+            model=model, model_blessing=model_blessing, evaluation=evaluation,
+            base_directory=base_directory, model_name=model_name,
+            lineage=json.dumps(lineage, sort_keys=True),
+            pushed_model=types.Channel(type=standard_artifacts.PushedModel)))

@@ -1,0 +1,105 @@
+"""Reads and checks params.yaml: the settings DVC tracks and experiments vary."""
+
+import dataclasses
+from typing import List
+
+import yaml
+
+from components import features
+from components.model import ModelConfig
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, malformed or has an invalid value."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParams:
+    """Where the dataset comes from and how the validation split is carved."""
+
+    source: str = "data"
+    manifest: str = ""
+    eval_fraction: float = 0.2
+    seed: int = 42
+
+
+@dataclasses.dataclass(frozen=True)
+class GateParams:
+    """Evaluator thresholds: a model that misses any of them is not pushed."""
+
+    accuracy_lower_bound: float = 0.0
+    recall_lower_bounds: List[float] = dataclasses.field(
+        default_factory=lambda: [0.0] * features.NUM_GRADES)
+    max_accuracy_drop: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class RunParams:
+    """How the local run executes."""
+
+    beam_workers: int = 1  # DirectRunner workers; >1 runs Beam in several processes
+
+
+@dataclasses.dataclass(frozen=True)
+class Params:
+    """All of params.yaml."""
+
+    data: DataParams
+    model: ModelConfig
+    gate: GateParams
+    run: RunParams
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _section(cls, values, name):
+    if values is None:
+        return cls()
+    if not isinstance(values, dict):
+        raise ParamsError(f"params section '{name}' must be a mapping")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ParamsError(f"unknown setting(s) in '{name}': {unknown}; known: {sorted(known)}")
+    return cls(**values)
+
+
+def parse(raw: dict) -> Params:
+    """Params from an already-loaded mapping, with every value checked."""
+    if not isinstance(raw, dict):
+        raise ParamsError("params must be a mapping of sections")
+    unknown = sorted(set(raw) - {"data", "model", "gate", "run"})
+    if unknown:
+        raise ParamsError(f"unknown params section(s): {unknown}")
+    try:
+        model = ModelConfig.from_dict(raw.get("model") or {})
+    except (TypeError, ValueError) as e:
+        raise ParamsError(f"invalid 'model' params: {e}") from e
+    params = Params(
+        data=_section(DataParams, raw.get("data"), "data"),
+        model=model,
+        gate=_section(GateParams, raw.get("gate"), "gate"),
+        run=_section(RunParams, raw.get("run"), "run"),
+    )
+    if not 0.0 < params.data.eval_fraction < 1.0:
+        raise ParamsError(f"data.eval_fraction must be in (0, 1), got {params.data.eval_fraction}")
+    bounds = params.gate.recall_lower_bounds
+    if len(bounds) != features.NUM_GRADES or not all(0.0 <= b <= 1.0 for b in bounds):
+        raise ParamsError(f"gate.recall_lower_bounds needs {features.NUM_GRADES} values in "
+                          f"[0, 1], got {bounds}")
+    if params.run.beam_workers < 1:
+        raise ParamsError(f"run.beam_workers must be >= 1, got {params.run.beam_workers}")
+    return params
+
+
+def load(path: str) -> Params:
+    """Params from a YAML file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f) or {}
+    except FileNotFoundError as e:
+        raise ParamsError(f"params file not found: {path}") from e
+    except yaml.YAMLError as e:
+        raise ParamsError(f"params file {path} is not valid YAML: {e}") from e
+    return parse(raw)
