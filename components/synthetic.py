@@ -79,7 +79,6 @@ class _Anatomy:
 class _Knee:
     """Everything needed to draw one knee."""
 
-    grade: int
     gap_medial: float
     gap_lateral: float
     spurs: tuple[float, float, float, float]  # femur med/lat, tibia med/lat
@@ -235,7 +234,6 @@ def _draw_knee(rng: np.random.Generator, grade: int) -> _Knee:
         spurs.append(length if present else 0.0)
     angle = math.radians(8.0 * (rng.random() - 0.5))
     return _Knee(
-        grade=grade,
         gap_medial=max(gap * (1.0 - asym), 0.004),
         gap_lateral=gap * (1.0 + 0.4 * asym),
         spurs=tuple(spurs),
