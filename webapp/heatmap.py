@@ -37,5 +37,5 @@ def overlay_png(heatmap: np.ndarray) -> bytes:
         rgba[..., channel] = np.rint(np.interp(heat, _STOPS, _COLOURS[:, channel]))
     rgba[..., 3] = np.rint(heat * _MAX_ALPHA * 255)
     out = io.BytesIO()
-    Image.fromarray(rgba, mode="RGBA").save(out, format="PNG")
+    Image.fromarray(rgba).save(out, format="PNG")
     return out.getvalue()

@@ -86,7 +86,7 @@ def _to_gray8(image: Image.Image) -> Image.Image:
         if high <= low:
             return Image.new("L", image.size, 128)
         scaled = np.rint((values - low) / (high - low) * 255.0).astype(np.uint8)
-        return Image.fromarray(scaled, mode="L")
+        return Image.fromarray(scaled)
     if image.mode in ("LA", "RGBA", "PA", "P"):
         image = image.convert("RGB")
     return image.convert("L")
@@ -139,7 +139,7 @@ def prepare_upload(data: bytes, max_pixels: int) -> PreparedImage:
     """
     source_format = detect_format(data)
     if source_format == FORMAT_DICOM:
-        gray = Image.fromarray(dicom.dicom_to_gray8(data, max_pixels), mode="L")
+        gray = Image.fromarray(dicom.dicom_to_gray8(data, max_pixels))
         png = _encode_png(gray)
     else:
         image = _open_raster(data, source_format, max_pixels)

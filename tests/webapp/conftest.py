@@ -1,0 +1,257 @@
+"""Fixtures of the web-app tests.
+
+The model server is the project's real one (``python -m serving``), started once
+per session on a small real SavedModel (``tiny_model.py``, built in a
+subprocess so this process never imports TensorFlow). Each test gets a fresh
+app on a temporary SQLite database migrated with Alembic, a test client, and an
+``auth`` helper that signs in through the real login form, CSRF token included.
+"""
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from webapp import create_app, db, migrate
+from webapp.users import create_user
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+CARD_FIXTURE = os.path.join(HERE, "data", "model_card.json")
+
+CLINICIAN = ("clinician1", "clinician-password-1")
+OTHER_CLINICIAN = ("clinician2", "clinician-password-2")
+ADMIN = ("admin1", "admin-password-123")
+
+_SERVER_START_SECONDS = 180
+_CSRF_RE = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
+
+
+def free_port() -> int:
+    """An unused TCP port on the loopback interface."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _subprocess_env() -> dict:
+    env = dict(os.environ)
+    env["TF_USE_LEGACY_KERAS"] = "1"
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def write_model_card(model_base_path: str, version: int) -> dict:
+    """Writes the fixture card (with ``version``) where the pusher would put it."""
+    with open(CARD_FIXTURE, encoding="utf-8") as f:
+        card = json.load(f)
+    card["version"] = version
+    card["lineage"]["pipeline_run_id"] = f"koa-test-run-v{version}"
+    target = os.path.join(model_base_path, str(version), "assets.extra")
+    os.makedirs(target, exist_ok=True)
+    with open(os.path.join(target, "model_card.json"), "w", encoding="utf-8") as f:
+        json.dump(card, f)
+    return card
+
+
+@pytest.fixture(scope="session")
+def model_base_path(tmp_path_factory):
+    """A model base path holding version 1 of the tiny model and its model card."""
+    base = tmp_path_factory.mktemp("serving_model") / "koa"
+    base.mkdir()
+    subprocess.run(
+        [sys.executable, os.path.join(HERE, "tiny_model.py"), str(base), "1"],
+        check=True,
+        env=_subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        timeout=300,
+    )
+    write_model_card(str(base), 1)
+    return str(base)
+
+
+@pytest.fixture(scope="session")
+def serving_target(model_base_path, tmp_path_factory):
+    """Starts the project's model server on the tiny model; yields ``host:port``."""
+    from serving.client import ServingClient, ServingError
+
+    port, rest_port = free_port(), free_port()
+    log_path = tmp_path_factory.mktemp("serving_log") / "server.log"
+    log = open(log_path, "wb")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "serving",
+            f"--port={port}",
+            f"--rest_api_port={rest_port}",
+            "--model_name=koa",
+            f"--model_base_path={model_base_path}",
+        ],
+        cwd=REPO,
+        env=_subprocess_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    target = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + _SERVER_START_SECONDS
+    try:
+        with ServingClient(target, "koa", timeout=2.0, retries=0) as client:
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(
+                        f"model server exited with {process.returncode}: "
+                        + log_path.read_text(errors="replace")[-3000:]
+                    )
+                try:
+                    if any(s.state == "AVAILABLE" for s in client.model_status()):
+                        break
+                except ServingError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("model server did not make the model AVAILABLE in time")
+                time.sleep(0.3)
+        yield target
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+@pytest.fixture
+def make_app(tmp_path, serving_target, model_base_path):
+    """Builds a migrated app; keyword arguments override its config."""
+    built = []
+
+    def factory(**overrides):
+        config = {
+            "TESTING": True,
+            "SECRET_KEY": "test-secret-key-" + "x" * 32,
+            "DATABASE_URL": f"sqlite:///{tmp_path}/webapp-{len(built)}.sqlite",
+            "KOA_SERVING_TARGET": serving_target,
+            "KOA_MODEL_NAME": "koa",
+            "KOA_MODEL_BASE_PATH": model_base_path,
+            "KOA_SERVING_TIMEOUT": 20.0,
+            "KOA_SERVING_RETRIES": 0,
+        }
+        config.update(overrides)
+        app = create_app(config)
+        migrate.upgrade(db.engine_of(app))
+        with app.app_context():
+            session = db.get_session()
+            for (name, password), role in (
+                (CLINICIAN, "clinician"),
+                (OTHER_CLINICIAN, "clinician"),
+                (ADMIN, "admin"),
+            ):
+                create_user(session, name, password, role)
+        built.append(app)
+        return app
+
+    yield factory
+    from webapp import serving_gateway
+
+    for app in built:
+        serving_gateway.close_client(app)
+        db.engine_of(app).dispose()
+
+
+@pytest.fixture
+def app(make_app):
+    """The app with default test settings."""
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+def csrf_token(client, path: str = "/auth/login") -> str:
+    """A valid CSRF token for this client's session, read from a rendered form."""
+    response = client.get(path)
+    match = _CSRF_RE.search(response.get_data(as_text=True))
+    assert match, f"no CSRF token on {path} (status {response.status_code})"
+    return match.group(1)
+
+
+class AuthActions:
+    """Signs in and out through the real forms."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def login(self, user=CLINICIAN):
+        username, password = user
+        return self._client.post(
+            "/auth/login",
+            data={"username": username, "password": password, "csrf_token": csrf_token(self._client)},
+        )
+
+    def logout(self):
+        return self._client.post("/auth/logout", data={"csrf_token": csrf_token(self._client, "/")})
+
+
+@pytest.fixture
+def auth(client):
+    return AuthActions(client)
+
+
+def upload(client, files, *, json_response=False, token=None):
+    """Posts files to the upload endpoint.
+
+    Args:
+        client: A signed-in test client.
+        files: List of (filename, bytes).
+        json_response: Ask for JSON like the page's script does.
+        token: CSRF token to send (a fresh valid one when None).
+    """
+    import io
+
+    data = {
+        "csrf_token": csrf_token(client, "/") if token is None else token,
+        "files": [(io.BytesIO(content), name) for name, content in files],
+    }
+    headers = {"Accept": "application/json"} if json_response else {}
+    return client.post("/predictions", data=data, headers=headers, content_type="multipart/form-data")
+
+
+@pytest.fixture
+def direct_client(serving_target):
+    """A ServingClient on the same server, to compare the web's answers with."""
+    from serving.client import ServingClient
+
+    with ServingClient(serving_target, "koa", timeout=20.0, retries=0) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def knee_png_path():
+    """A real knee radiograph from the shared data, or a synthetic one when absent."""
+    shared = os.path.join(REPO, "..", "shared", "data", "kneeKL224", "train", "2")
+    if os.path.isdir(shared):
+        names = sorted(n for n in os.listdir(shared) if n.endswith(".png"))
+        if names:
+            return os.path.join(shared, names[0])
+    return None
+
+
+def copy_tree(src: str, dst: str) -> None:
+    shutil.copytree(src, dst)
