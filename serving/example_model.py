@@ -18,9 +18,11 @@ inference cost in benchmarks). Different seeds give different outputs, which
 tests use to tell versions apart. The grades are not medically meaningful.
 """
 
+import argparse
 import logging
 import os
 import shutil
+import sys
 import tempfile
 
 import numpy as np
@@ -142,3 +144,120 @@ def write_example_model(export_dir: str, *, seed: int = 0, image_size: int = 32,
         raise
     _LOG.info("Wrote example model (%s, seed %d) to %s", backbone, seed, export_dir)
     return export_dir
+
+
+CLASSIFIER_LABELS = (b"low", b"mid", b"high")
+CLASSIFIER_FEATURE = "x"
+
+
+def write_example_classifier(export_dir: str, *, seed: int = 0) -> str:
+    """Writes a TF1-style SavedModel with a classification signature.
+
+    ``serving_default`` has method ``tensorflow/serving/classify``: input
+    ``inputs`` (serialized tf.Example with a float feature ``x`` of length 2),
+    outputs ``classes`` [N, 3] (``CLASSIFIER_LABELS``) and ``scores`` [N, 3]
+    (softmax of a fixed random linear map). TensorFlow 2 cannot write
+    classification signatures, hence the v1 SavedModel builder.
+
+    Args:
+        export_dir: the version directory to create; must not exist.
+        seed: seed of the weights.
+
+    Returns:
+        ``export_dir``.
+    """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    if os.path.exists(export_dir):
+        raise FileExistsError(f"{export_dir} already exists")
+    parent = os.path.dirname(os.path.abspath(export_dir))
+    os.makedirs(parent, exist_ok=True)
+    weights = classifier_weights(seed)
+    staging = os.path.join(tempfile.mkdtemp(prefix=".tmp-", dir=parent), "model")
+    try:
+        with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph) as session:
+            serialized = tf.compat.v1.placeholder(tf.string, [None], name="tf_example")
+            parsed = tf.io.parse_example(
+                serialized, {CLASSIFIER_FEATURE: tf.io.FixedLenFeature([2], tf.float32)})
+            scores = tf.nn.softmax(tf.matmul(parsed[CLASSIFIER_FEATURE], tf.constant(weights)))
+            classes = tf.tile(tf.constant([list(CLASSIFIER_LABELS)]), [tf.shape(scores)[0], 1])
+            signature = tf.compat.v1.saved_model.classification_signature_def(
+                examples=serialized, classes=classes, scores=scores)
+            builder = tf.compat.v1.saved_model.Builder(staging)
+            builder.add_meta_graph_and_variables(
+                session, [tf.compat.v1.saved_model.tag_constants.SERVING],
+                signature_def_map={"serving_default": signature})
+            builder.save()
+        os.rename(staging, export_dir)
+    finally:
+        shutil.rmtree(os.path.dirname(staging), ignore_errors=True)
+    return export_dir
+
+
+def classifier_weights(seed: int = 0) -> np.ndarray:
+    """Returns the weights :func:`write_example_classifier` uses for a seed."""
+    return np.random.default_rng(seed).normal(size=(2, len(CLASSIFIER_LABELS))).astype(np.float32)
+
+
+def write_conformance_models(root: str) -> dict:
+    """Writes the models the conformance tests expect a server to serve.
+
+    ``<root>/koa/1`` (seed 1), ``<root>/koa/2`` (seed 2) and
+    ``<root>/classifier/1``. Serve them with :func:`model_config_text`.
+
+    Returns:
+        {model name: base path}.
+    """
+    write_example_model(os.path.join(root, "koa", "1"), seed=1)
+    write_example_model(os.path.join(root, "koa", "2"), seed=2)
+    write_example_classifier(os.path.join(root, "classifier", "1"))
+    return {"koa": os.path.join(root, "koa"), "classifier": os.path.join(root, "classifier")}
+
+
+def model_config_text(base_paths: dict) -> str:
+    """Returns the ModelServerConfig text the conformance tests expect.
+
+    ``koa`` serves versions 1 and 2 with labels ``stable`` -> 1 and
+    ``canary`` -> 2; ``classifier`` serves its latest version.
+    """
+    return f"""model_config_list {{
+  config {{
+    name: "koa"
+    base_path: "{base_paths['koa']}"
+    model_platform: "tensorflow"
+    model_version_policy {{ specific {{ versions: 1 versions: 2 }} }}
+    version_labels {{ key: "stable" value: 1 }}
+    version_labels {{ key: "canary" value: 2 }}
+  }}
+  config {{
+    name: "classifier"
+    base_path: "{base_paths['classifier']}"
+    model_platform: "tensorflow"
+  }}
+}}
+"""
+
+
+def main(argv=None) -> int:
+    """``python -m serving.example_model ROOT [--config-base-path=/models]``.
+
+    Writes the conformance models under ROOT and ``ROOT/models.config``;
+    ``--config-base-path`` rewrites the paths in the config for a server that
+    sees ROOT elsewhere (e.g. ``/models`` inside the tensorflow/serving image).
+    """
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("root")
+    parser.add_argument("--config-base-path", default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    paths = write_conformance_models(args.root)
+    if args.config_base_path:
+        paths = {name: f"{args.config_base_path.rstrip('/')}/{name}" for name in paths}
+    with open(os.path.join(args.root, "models.config"), "w", encoding="utf-8") as f:
+        f.write(model_config_text(paths))
+    _LOG.info("Wrote %s", os.path.join(args.root, "models.config"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

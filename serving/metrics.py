@@ -35,11 +35,18 @@ class ServerMetrics:
         self._version_up = Gauge("koa_serving_version_available",
                                  "1 while the model version is available", ("model", "version"),
                                  registry=self.registry)
+        self._in_flight = Gauge("koa_serving_requests_in_flight", "API requests being handled",
+                                registry=self.registry)
         self._known_versions = {}
+
+    def request_started(self):
+        """Counts a request as in flight until :meth:`observe_request`."""
+        self._in_flight.inc()
 
     def observe_request(self, model, version, signature, api, method, status_name, seconds):
         """Counts one request and records its latency."""
         labels = (model, str(version), signature, api, method, status_name)
+        self._in_flight.dec()
         self._requests.labels(*labels).inc()
         self._latency.labels(*labels).observe(seconds)
 

@@ -56,6 +56,8 @@ class ApiHandler:
             status.ServingStatusError: with TensorFlow Serving's code and text.
         """
         started = time.perf_counter()
+        if self._metrics is not None:
+            self._metrics.request_started()
         spec = request.model_spec
         signature_name = spec.signature_name or DEFAULT_SIGNATURE
         version = ""
@@ -165,6 +167,8 @@ class ApiHandler:
             status.ServingStatusError: with TensorFlow Serving's code and text.
         """
         started = time.perf_counter()
+        if self._metrics is not None:
+            self._metrics.request_started()
         spec = request.model_spec
         signature_name = spec.signature_name or DEFAULT_SIGNATURE
         version = ""
