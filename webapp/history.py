@@ -12,13 +12,13 @@ from webapp.forms import ConfirmForm
 from webapp.queries import SearchError, history_query, page_number, paginate, parse_filter
 from webapp.serialize import CSV_COLUMNS, prediction_csv_rows
 
-bp = Blueprint("history", __name__, url_prefix="/history")
+bp = Blueprint("history", __name__)
 
 # Rows fetched per round trip while streaming a CSV export.
 _CSV_BATCH = 500
 
 
-@bp.route("")
+@bp.route("/history")
 @login_required
 def index():
     """History page: filters (text, grade, status, dates, user for admins) and pages."""
@@ -38,7 +38,7 @@ def index():
     )
 
 
-@bp.route(".csv")
+@bp.route("/history.csv")
 @login_required
 def export_csv():
     """The filtered history as CSV (every matching row, not just one page)."""
