@@ -35,20 +35,27 @@ def build_eval_config(recall_lower_bounds: Sequence[float], accuracy_lower_bound
         raise ValueError(f"need {features.NUM_GRADES} recall lower bounds, "
                          f"got {len(recall_lower_bounds)}")
 
-    def lower_bound(value):
-        return tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(
-            lower_bound={"value": value}))
+    def overall_only(threshold):
+        # The gate judges the whole validation set; per-side slices are reported, and
+        # too small to gate on.
+        return [tfma.PerSliceMetricThreshold(slicing_specs=[tfma.SlicingSpec()],
+                                             threshold=threshold)]
 
-    accuracy_threshold = lower_bound(accuracy_lower_bound)
-    accuracy_threshold.change_threshold.CopyFrom(tfma.GenericChangeThreshold(
-        direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-        absolute={"value": -max_accuracy_drop - 1e-9}))
+    def lower_bound(value):
+        return overall_only(tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(
+            lower_bound={"value": value})))
+
+    accuracy_threshold = tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": accuracy_lower_bound}),
+        change_threshold=tfma.GenericChangeThreshold(
+            direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+            absolute={"value": -max_accuracy_drop - 1e-9}))
 
     metric_configs = [
         tfma.MetricConfig(class_name="ExampleCount"),
         tfma.MetricConfig(class_name="SparseCategoricalAccuracy", module="tf_keras.metrics",
                           config=json.dumps({"name": "accuracy"}),
-                          threshold=accuracy_threshold),
+                          per_slice_thresholds=overall_only(accuracy_threshold)),
         # TFMA names custom metrics after their class unless the config says otherwise.
         tfma.MetricConfig(class_name="QuadraticWeightedKappa", module=_METRICS_MODULE,
                           config=json.dumps({"name": "qwk"})),
@@ -60,7 +67,7 @@ def build_eval_config(recall_lower_bounds: Sequence[float], accuracy_lower_bound
         metric_configs.append(tfma.MetricConfig(
             class_name="GradeRecall", module=_METRICS_MODULE,
             config=json.dumps({"grade": grade, "name": f"recall_grade_{grade}"}),
-            threshold=lower_bound(bound)))
+            per_slice_thresholds=lower_bound(bound)))
 
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(
@@ -114,10 +121,21 @@ def load_grade_metrics(evaluation_uri: str) -> Dict:
         "confusion_matrix": matrix,
         "eval_examples": int(values.get("example_count", 0)),
         "blessed": bool(validation.validation_ok),
-        "failures": [f"{failure.metric_key.name}: {failure.message}"
+        "failures": [_describe(failure)
                      for per_slice in validation.metric_validations_per_slice
                      for failure in per_slice.failures],
     }
+
+
+def _describe(failure) -> str:
+    key = failure.metric_key
+    what = f"{key.name} change vs last blessed model" if key.is_diff else key.name
+    threshold = failure.metric_threshold
+    if threshold.HasField("change_threshold"):
+        bound = f"change >= {threshold.change_threshold.absolute.value:.4f}"
+    else:
+        bound = f">= {threshold.value_threshold.lower_bound.value:.4f}"
+    return f"{what} = {failure.metric_value.double_value.value:.4f}, needs {bound}"
 
 
 def check_consistency(grade_metrics: Dict) -> List[str]:

@@ -216,27 +216,21 @@ def train(config: ModelConfig, train_ds: tf.data.Dataset, eval_ds: tf.data.Datas
     return model, history, stats
 
 
-class _ExportModule(tf.Module):
-    """Holds the trained model and the Transform graph; defines the serving signatures."""
+def _serving_signatures(model: keras.Model, tf_transform_output) -> Dict:
+    """The exported signatures; all run the Transform graph, then the trained model."""
+    # Tracked by the model, so the Transform graph is saved inside the SavedModel.
+    model.tft_layer = tf_transform_output.transform_features_layer()
+    raw_spec = tf_transform_output.raw_feature_spec()
+    image_spec = {features.IMAGE_KEY: raw_spec[features.IMAGE_KEY]}
+    backbone = model.get_layer(_BACKBONE)
+    head = [model.get_layer(name) for name in ("pool", "dropout", _LOGITS)]
+    to_rgb, rescale = model.get_layer("to_rgb"), model.get_layer("rescale")
 
-    def __init__(self, model: keras.Model, tf_transform_output):
-        super().__init__()
-        self.model = model
-        self.tft_layer = tf_transform_output.transform_features_layer()
-        raw_spec = tf_transform_output.raw_feature_spec()
-        self._image_spec = {features.IMAGE_KEY: raw_spec[features.IMAGE_KEY]}
-        self.backbone = model.get_layer(_BACKBONE)
-        self.head = [model.get_layer("pool"), model.get_layer("dropout"),
-                     model.get_layer(_LOGITS)]
-        self.to_rgb = model.get_layer("to_rgb")
-        self.rescale = model.get_layer("rescale")
-
-    def _preprocess(self, image_bytes):
+    def preprocess(image_bytes):
         raw = {features.IMAGE_KEY: tf.reshape(image_bytes, [-1, 1])}
-        return self.tft_layer(raw)[features.TRANSFORMED_IMAGE_KEY]
+        return model.tft_layer(raw)[features.TRANSFORMED_IMAGE_KEY]
 
-    @staticmethod
-    def _outputs(probabilities):
+    def outputs(probabilities):
         grades = tf.range(features.NUM_GRADES, dtype=tf.float32)
         return {
             features.PROBABILITIES_OUTPUT: probabilities,
@@ -244,52 +238,55 @@ class _ExportModule(tf.Module):
             features.EXPECTED_GRADE_OUTPUT: tf.reduce_sum(probabilities * grades, axis=-1),
         }
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.SERVING_INPUT)])
-    def serve_images(self, image_bytes):
-        return self._outputs(self.model(self._preprocess(image_bytes), training=False))
+    image_input = tf.TensorSpec([None], tf.string, name=features.SERVING_INPUT)
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.EXAMPLES_INPUT)])
-    def serve_examples(self, examples):
-        parsed = tf.io.parse_example(examples, self._image_spec)
-        images = self.tft_layer(parsed)[features.TRANSFORMED_IMAGE_KEY]
-        return self._outputs(self.model(images, training=False))
+    @tf.function(input_signature=[image_input])
+    def serve_images(image_bytes):
+        return outputs(model(preprocess(image_bytes), training=False))
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.SERVING_INPUT)])
-    def gradcam(self, image_bytes):
+    @tf.function(input_signature=[
+        tf.TensorSpec([None], tf.string, name=features.EXAMPLES_INPUT)])
+    def serve_examples(examples):
+        parsed = tf.io.parse_example(examples, image_spec)
+        images = model.tft_layer(parsed)[features.TRANSFORMED_IMAGE_KEY]
+        return outputs(model(images, training=False))
+
+    @tf.function(input_signature=[image_input])
+    def gradcam(image_bytes):
         """Grad-CAM of the predicted grade's logit on the last convolutional feature map."""
-        images = self._preprocess(image_bytes)
-        inputs = self.rescale(self.to_rgb([images, images, images]))
+        images = preprocess(image_bytes)
+        inputs = rescale(to_rgb([images, images, images]))
         with tf.GradientTape() as tape:
-            feature_map = self.backbone(inputs, training=False)
+            feature_map = backbone(inputs, training=False)
             tape.watch(feature_map)
-            x = feature_map
-            for layer in self.head:
-                x = layer(x, training=False)
-            logits = x
+            logits = feature_map
+            for layer in head:
+                logits = layer(logits, training=False)
             grade = tf.argmax(logits, axis=-1)
             score = tf.gather(logits, grade, axis=1, batch_dims=1)
         grads = tape.gradient(score, feature_map)
         channel_weights = tf.reduce_mean(grads, axis=[1, 2], keepdims=True)
         cam = tf.nn.relu(tf.reduce_sum(channel_weights * feature_map, axis=-1, keepdims=True))
-        size = tf.shape(images)[1:3]
-        cam = tf.image.resize(cam, size, method="bilinear")[..., 0]
-        peak = tf.reduce_max(cam, axis=[1, 2], keepdims=True)
-        cam = tf.math.divide_no_nan(cam, peak)
-        outputs = self._outputs(tf.nn.softmax(logits))
-        outputs[features.HEATMAP_OUTPUT] = cam
-        return outputs
+        cam = tf.image.resize(cam, tf.shape(images)[1:3], method="bilinear")[..., 0]
+        cam = tf.math.divide_no_nan(cam, tf.reduce_max(cam, axis=[1, 2], keepdims=True))
+        result = outputs(tf.nn.softmax(logits))
+        result[features.HEATMAP_OUTPUT] = cam
+        return result
+
+    return {
+        features.SERVING_SIGNATURE: serve_images,
+        features.EXAMPLES_SIGNATURE: serve_examples,
+        features.GRADCAM_SIGNATURE: gradcam,
+    }
 
 
 def export(model: keras.Model, tf_transform_output, export_dir: str,
            history: Dict[str, List[float]], stats: Dict) -> None:
     """Writes the SavedModel with its three signatures and the training record."""
-    module = _ExportModule(model, tf_transform_output)
-    signatures = {
-        features.SERVING_SIGNATURE: module.serve_images,
-        features.EXAMPLES_SIGNATURE: module.serve_examples,
-        features.GRADCAM_SIGNATURE: module.gradcam,
-    }
-    tf.saved_model.save(module, export_dir, signatures=signatures)
+    signatures = _serving_signatures(model, tf_transform_output)
+    # save_traces=False: the signatures are all a server needs; tracing every layer's
+    # call for Keras re-loading would double the export time.
+    model.save(export_dir, save_format="tf", signatures=signatures, save_traces=False)
     # assets.extra/ travels with the SavedModel and is ignored by TF Serving.
     extra = os.path.join(export_dir, "assets.extra")
     tf.io.gfile.makedirs(extra)

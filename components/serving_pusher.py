@@ -11,15 +11,16 @@ import datetime
 import json
 import logging
 import os
-import shutil
 import time
 from typing import Any, Dict, List
 
 from tfx import types
 from tfx.components.pusher import executor as tfx_pusher_executor
 from tfx.dsl.components.base import base_component, executor_spec
+from tfx.dsl.io import fileio
 from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
+from tfx.utils import io_utils
 
 from components import evaluation, model
 
@@ -35,9 +36,14 @@ def model_card_path(version_dir: str) -> str:
 
 def next_version(base_dir: str) -> int:
     """Current Unix second, or one more than the newest existing version if that is later."""
-    existing = [int(name) for name in os.listdir(base_dir) if name.isdigit()] if os.path.isdir(
-        base_dir) else []
+    names = fileio.listdir(base_dir) if fileio.isdir(base_dir) else []
+    existing = [int(name.strip("/")) for name in names if name.strip("/").isdigit()]
     return max([int(time.time())] + [v + 1 for v in existing])
+
+
+def _remove(path: str) -> None:
+    if fileio.exists(path):
+        fileio.rmtree(path)
 
 
 class ServingPusherSpec(ComponentSpec):
@@ -75,13 +81,13 @@ class Executor(tfx_pusher_executor.Executor):
 
         source = self.GetModelPath(input_dict)
         base = exec_properties["base_directory"]
-        os.makedirs(base, exist_ok=True)
+        fileio.makedirs(base)
         version = next_version(base)
         final = os.path.join(base, str(version))
         staging = os.path.join(base, f".staging-{version}")
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove(staging)
         try:
-            shutil.copytree(source, staging)
+            io_utils.copy_dir(source, staging)
             card = {
                 "model_name": exec_properties["model_name"],
                 "version": version,
@@ -94,15 +100,17 @@ class Executor(tfx_pusher_executor.Executor):
                             if self._context else None},
             }
             path = model_card_path(staging)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "w", encoding="utf-8") as f:
-                json.dump(card, f, indent=2)
-            os.rename(staging, final)  # atomic on one filesystem: servers see all or nothing
+            fileio.makedirs(os.path.dirname(path))
+            with fileio.open(path, "w") as f:
+                f.write(json.dumps(card, indent=2))
+            # Atomic on a local or POSIX filesystem: a polling server sees all or nothing.
+            # (Object stores have no atomic rename; TF Serving tolerates that there.)
+            fileio.rename(staging, final)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            _remove(staging)
         logger.info("pushed model version %d to %s (accuracy %.4f)", version, final,
                     grade_metrics["accuracy"] or 0.0)
-        shutil.copytree(final, pushed.uri, dirs_exist_ok=True)
+        io_utils.copy_dir(final, pushed.uri)
         self._MarkPushed(pushed, pushed_destination=final, pushed_version=str(version))
 
 

@@ -1,0 +1,171 @@
+"""`koa`: the project's command line (data, pipeline, Kubeflow compile, server, web UI)."""
+
+import argparse
+import logging
+import os
+import sys
+from typing import List, Optional, Sequence
+
+from pipeline import configs
+
+logger = logging.getLogger("koa")
+
+
+class _TfxProgressFilter(logging.Filter):
+    """Keeps TFX's one-line progress messages and drops its multi-line proto dumps."""
+
+    def filter(self, record):
+        if record.levelno >= logging.WARNING:
+            return True
+        message = record.getMessage()
+        return "\n" not in message and len(message) < 300
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """Timestamped logs on stderr; TFX's own chatter trimmed unless verbose."""
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        force=True)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not verbose:
+        for name in ("absl", "apache_beam", "tensorflow"):
+            logging.getLogger(name).addFilter(_TfxProgressFilter())
+        logging.getLogger("apache_beam").setLevel(logging.WARNING)
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+def _cmd_generate(args) -> int:
+    from components import synthetic
+    summary = synthetic.generate(args.out, patients=args.patients, size=args.size,
+                                 seed=args.seed)
+    logger.info("wrote %d SYNTHETIC images (%d patients) to %s, per grade %s",
+                summary["images"], summary["patients"], args.out, summary["counts"])
+    return 0
+
+
+def _cmd_ingest(args) -> int:
+    from components import ingestion
+    from pipeline import params as params_lib
+    params = params_lib.load(args.params)
+    source = args.source or params.data.source
+    manifest = args.manifest if args.manifest is not None else (params.data.manifest or None)
+    report = ingestion.ingest(source, args.out, eval_fraction=params.data.eval_fraction,
+                              seed=params.data.seed, manifest=manifest)
+    logger.info("ingested %d images into %s (excluded %d); counts %s", report.total_images,
+                args.out, len(report.excluded), report.counts)
+    return 0
+
+
+def _cmd_run(args) -> int:
+    import dataclasses
+    from pipeline import local_runner
+    from pipeline import params as params_lib
+    params = params_lib.load(args.params)
+    if args.workers:
+        params = dataclasses.replace(params, run=dataclasses.replace(
+            params.run, beam_workers=args.workers))
+    record = local_runner.run(params, args.project_dir)
+    return 0 if record.pushed or not args.require_push else 3
+
+
+def _cmd_report(args) -> int:
+    from pipeline import report
+    from pipeline.run_record import RunRecord
+    if not os.path.isfile(args.record):
+        raise FileNotFoundError(f"no run record at {args.record}: run `koa run` first")
+    report.write_report(RunRecord.read(args.record), args.out)
+    return 0
+
+
+def _cmd_compile_kfp(args) -> int:
+    from pipeline import kubeflow_runner
+    from pipeline import params as params_lib
+    kubeflow_runner.compile_pipeline(
+        params_lib.load(args.params), args.output, image=args.image,
+        pipeline_root=args.pipeline_root, examples_dir=args.examples_dir,
+        serving_dir=args.serving_dir, beam_args=args.beam_arg)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="koa", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show TFX/Beam internals in the logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate-synthetic",
+                       help="write the embedded SYNTHETIC knee phantom dataset")
+    p.add_argument("--out", default="data")
+    p.add_argument("--patients", type=int, default=200)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("ingest", help="import a graded image folder or CSV into TFRecords")
+    p.add_argument("--params", default=configs.PARAMS_FILE)
+    p.add_argument("--source", help="dataset root (default: params data.source)")
+    p.add_argument("--manifest", help="CSV manifest (default: params data.manifest)")
+    p.add_argument("--out", default=configs.INGESTED_DIR)
+    p.set_defaults(func=_cmd_ingest)
+
+    p = sub.add_parser("run", help="run the TFX pipeline locally on the ingested data")
+    p.add_argument("--params", default=configs.PARAMS_FILE)
+    p.add_argument("--project-dir", default=".")
+    p.add_argument("--workers", type=int, help="Beam DirectRunner workers (default: params)")
+    p.add_argument("--require-push", action="store_true",
+                   help="exit with status 3 when the model is not blessed and pushed")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("report", help="write DVC metrics/plots from the last run")
+    p.add_argument("--record", default=configs.RUN_RECORD)
+    p.add_argument("--out", default=configs.METRICS_DIR)
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("compile-kfp", help="compile the pipeline for Kubeflow Pipelines v2")
+    p.add_argument("--params", default=configs.PARAMS_FILE)
+    p.add_argument("--output", default=configs.KFP_OUTPUT)
+    p.add_argument("--image", default=configs.KFP_DEFAULT_IMAGE)
+    p.add_argument("--pipeline-root", default="gs://koa-pipelines/root")
+    p.add_argument("--examples-dir", default="gs://koa-pipelines/ingested")
+    p.add_argument("--serving-dir", default="gs://koa-pipelines/serving_model/koa")
+    p.add_argument("--beam-arg", action="append", default=[],
+                   help="Beam option for the cluster run, repeatable (e.g. --runner=DataflowRunner)")
+    p.set_defaults(func=_cmd_compile_kfp)
+
+    sub.add_parser("serve", add_help=False,
+                   help="start the model server (tensorflow_model_server flags)")
+    sub.add_parser("web", add_help=False, help="start the clinician web UI")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the `koa` console command."""
+    argv: List[str] = list(sys.argv[1:] if argv is None else argv)
+    # serve and web own their flags (serve mirrors tensorflow_model_server's exactly).
+    if argv and argv[0] == "serve":
+        from serving.__main__ import main as serve_main
+        return serve_main(argv[1:])
+    if argv and argv[0] == "web":
+        from webapp.cli import serve_main
+        return serve_main(argv[1:])
+    args = _parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        return args.func(args)
+    except Exception as e:  # the boundary: one clear line instead of a traceback
+        from components.anomaly_gate import DataAnomalyError
+        known = (FileNotFoundError, ValueError, DataAnomalyError)
+        try:
+            from components.ingestion import IngestError
+            from components.synthetic import SyntheticError
+            known += (IngestError, SyntheticError)
+        except ImportError:
+            pass
+        if isinstance(e, known):
+            logger.error("%s", e)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

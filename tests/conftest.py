@@ -1,0 +1,63 @@
+"""Fixtures shared by all test areas: the shared-data location and one real pipeline run.
+
+The pipeline run is the expensive part of the suite (a few minutes on 2 cores), so it
+happens once per session on a tiny SYNTHETIC set at a small image size, and the
+pipeline, model and evaluation tests all read its artifacts.
+"""
+
+import dataclasses
+import os
+from pathlib import Path
+
+import pytest
+
+# Same Keras flavour as the product code, before anything imports TensorFlow.
+os.environ["TF_USE_LEGACY_KERAS"] = "1"
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def shared_dir() -> Path:
+    """The read-only shared material (real radiographs, weights), maybe absent."""
+    return Path(os.environ.get("KOA_SHARED_DIR", REPO.parent / "shared"))
+
+
+@dataclasses.dataclass
+class PipelineRun:
+    """A finished pipeline run in its own project directory."""
+
+    project_dir: Path
+    data_dir: Path
+    record: "object"  # pipeline.run_record.RunRecord
+    params: "object"  # pipeline.params.Params
+
+
+def tiny_params(**gate):
+    """Settings that make the pipeline finish in minutes on the tiny synthetic set."""
+    from pipeline import params as params_lib
+
+    return params_lib.parse({
+        "data": {"source": "data", "eval_fraction": 0.25, "seed": 1},
+        "model": {"image_size": 64, "weights": "none", "head_epochs": 0,
+                  "finetune_epochs": 12, "batch_size": 16, "finetune_lr": 0.002,
+                  "class_weighting": "none"},
+        "gate": gate or {"accuracy_lower_bound": 0.0,
+                         "recall_lower_bounds": [0.0] * 5, "max_accuracy_drop": 1.0},
+    })
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory) -> PipelineRun:
+    """Generates, ingests and runs the whole pipeline once."""
+    from components import ingestion, synthetic
+    from pipeline import configs, local_runner
+
+    project = tmp_path_factory.mktemp("project")
+    data = project / "data"
+    synthetic.generate(data, patients=60, size=128, seed=3)
+    params = tiny_params()
+    ingestion.ingest(data, project / configs.INGESTED_DIR,
+                     eval_fraction=params.data.eval_fraction, seed=params.data.seed)
+    record = local_runner.run(params, str(project))
+    return PipelineRun(project_dir=project, data_dir=data, record=record, params=params)

@@ -1,0 +1,57 @@
+"""The `koa` command line as a user runs it: exit codes, messages, files written."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+def _koa(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_generate_then_ingest_with_the_repository_params(tmp_path):
+    generated = _koa("generate-synthetic", "--out", "data", "--patients", "10", "--size", "64",
+                     cwd=tmp_path)
+    assert generated.returncode == 0, generated.stderr
+    assert "SYNTHETIC" in generated.stderr
+    ingested = _koa("ingest", "--params", str(REPO / "params.yaml"), cwd=tmp_path)
+    assert ingested.returncode == 0, ingested.stderr
+    with open(tmp_path / "build" / "ingested" / "ingest_report.json") as f:
+        assert sum(sum(c.values()) for c in json.load(f)["counts"].values()) == 20
+
+
+def test_ingest_of_a_missing_folder_fails_with_one_clear_line(tmp_path):
+    result = _koa("ingest", "--params", str(REPO / "params.yaml"), "--source", "nowhere",
+                  cwd=tmp_path)
+    assert result.returncode == 2
+    assert "nowhere" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "build" / "ingested").exists()
+
+
+def test_kubeflow_v2_compile_writes_a_pipeline_spec(tmp_path):
+    output = tmp_path / "spec.json"
+    result = _koa("compile-kfp", "--params", str(REPO / "params.yaml"), "--output",
+                  str(output), "--image", "registry.example/koa:1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    spec = json.loads(output.read_text())
+    pipeline_spec = spec.get("pipelineSpec", spec)
+    tasks = pipeline_spec["root"]["dag"]["tasks"]
+    assert {"ImportExampleGen", "Transform", "Trainer", "Evaluator", "ServingPusher"} <= set(tasks)
+    images = {e["container"]["image"] for e in pipeline_spec["deploymentSpec"]["executors"].values()
+              if "container" in e}
+    assert images == {"registry.example/koa:1"}
+
+
+def test_dvc_stages_are_valid(tmp_path):
+    dvc = os.path.join(os.path.dirname(sys.executable), "dvc")
+    result = subprocess.run([dvc, "dag", "--md"], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    for stage in ("ingest", "pipeline", "report"):
+        assert stage in result.stdout
