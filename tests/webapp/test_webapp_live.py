@@ -1,0 +1,262 @@
+"""The web UI as deployed: ``python -m webapp serve`` (waitress) in its own process.
+
+Covers the commands an operator runs (upgrade-db, create-admin, serve), checks
+that the web process never loads TensorFlow, and drives the pages in a real
+headless Chromium through Playwright (skipped, with the reason, when either is
+missing). Screenshots go to ``$KOA_ARTIFACTS_DIR`` (a temporary folder by default).
+"""
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+import pytest
+
+from conftest import REPO, free_port
+
+ADMIN_NAME = "chief"
+ADMIN_PASSWORD = "chief-password-2025"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+def _webapp_env(tmp_path, serving_target, model_base_path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KOA_")}
+    env.update(
+        SECRET_KEY="live-test-secret-" + "z" * 32,
+        DATABASE_URL=f"sqlite:///{tmp_path}/live.sqlite",
+        KOA_SERVING_TARGET=serving_target,
+        KOA_MODEL_NAME="koa",
+        KOA_MODEL_BASE_PATH=model_base_path,
+        PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    return env
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory, serving_target, model_base_path):
+    """Migrates, creates the first admin and serves the app; yields (url, pid)."""
+    tmp_path = tmp_path_factory.mktemp("live")
+    env = _webapp_env(tmp_path, serving_target, model_base_path)
+    run = dict(env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=120)
+    upgrade = subprocess.run([sys.executable, "-m", "webapp", "upgrade-db"], **run)
+    assert upgrade.returncode == 0, upgrade.stderr
+    admin = subprocess.run(
+        [sys.executable, "-m", "webapp", "create-admin", "--username", ADMIN_NAME, "--password-stdin"],
+        input=ADMIN_PASSWORD + "\n",
+        **run,
+    )
+    assert admin.returncode == 0, admin.stderr
+    port = free_port()
+    log_path = tmp_path / "web.log"
+    log = open(log_path, "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "webapp", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        cwd=str(tmp_path),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://localhost:{port}"
+    deadline = time.monotonic() + 60
+    try:
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError("web server exited: " + log_path.read_text(errors="replace"))
+            try:
+                with urllib.request.urlopen(url + "/healthz", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("web server did not come up: " + log_path.read_text(errors="replace"))
+            time.sleep(0.2)
+        yield url, process.pid, log_path
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def _knee_images(tmp_path) -> list:
+    """Two synthetic knee phantoms from the project's generator (labelled synthetic)."""
+    from components import synthetic
+
+    out = tmp_path / "synthetic"
+    synthetic.generate(str(out), patients=1, size=224, seed=3)
+    return sorted(str(p) for p in out.rglob("*.png"))
+
+
+def _mapped_tensorflow_libraries(pid: int) -> list:
+    with open(f"/proc/{pid}/maps", encoding="utf-8") as f:
+        return sorted({line.split()[-1] for line in f if "tensorflow" in line and ".so" in line})
+
+
+def test_served_web_process_never_loads_tensorflow(live_server, tmp_path):
+    url, pid, _ = live_server
+    if not os.path.exists(f"/proc/{pid}/maps"):
+        pytest.skip("needs Linux /proc to inspect the web process's loaded libraries")
+    # Exercise the gRPC path first so the client and its protobufs are loaded.
+    with open(_knee_images(tmp_path)[0], "rb") as f:
+        _api_upload(url, f.read())
+    assert _mapped_tensorflow_libraries(pid) == []
+
+
+def test_web_module_imports_stay_free_of_tensorflow():
+    code = (
+        "import sys, webapp, webapp.cli, webapp.grading, webapp.model_card_views, serving.client\n"
+        "from webapp import create_app\n"
+        "app = create_app({'SECRET_KEY': 'x' * 32, 'DATABASE_URL': 'sqlite://'})\n"
+        "serving.client.ServingClient('127.0.0.1:1').close()\n"
+        "bad = [m for m in sys.modules if m == 'tensorflow' or m.startswith('tensorflow.python')]\n"
+        "print(bad)\n"
+        "sys.exit(1 if bad else 0)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=REPO)
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _api_upload(url: str, image: bytes) -> None:
+    """Signs in with the admin, creates an API token through the form and posts the image."""
+    import http.cookiejar
+    import json
+    import urllib.parse
+
+    class LocalhostIsSecure(http.cookiejar.DefaultCookiePolicy):
+        # Browsers treat http://localhost as a secure context and send Secure
+        # cookies to it; urllib does not unless told to.
+        def return_ok_secure(self, cookie, request):
+            return True
+
+    jar = http.cookiejar.CookieJar(policy=LocalhostIsSecure())
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+
+    def token_from(path):
+        html = opener.open(url + path, timeout=30).read().decode()
+        return re.search(r'name="csrf_token"[^>]*value="([^"]+)"', html).group(1)
+
+    form = {"username": ADMIN_NAME, "password": ADMIN_PASSWORD, "csrf_token": token_from("/auth/login")}
+    opener.open(url + "/auth/login", urllib.parse.urlencode(form).encode(), timeout=30)
+    form = {"name": "live", "csrf_token": token_from("/account/tokens")}
+    html = opener.open(url + "/account/tokens", urllib.parse.urlencode(form).encode(), timeout=30).read().decode()
+    api_token = re.search(r'data-testid="new-token">([^<]+)<', html).group(1)
+    request = urllib.request.Request(
+        url + "/api/v1/predictions",
+        data=image,
+        headers={"Authorization": f"Bearer {api_token}", "Content-Type": "image/png"},
+    )
+    with urllib.request.urlopen(request, timeout=60) as response:
+        body = json.loads(response.read())
+    assert response.status == 201 and 0 <= body["grade"] <= 4
+
+
+def _artifacts_dir() -> str:
+    path = os.environ.get("KOA_ARTIFACTS_DIR") or os.path.join(tempfile.gettempdir(), "koa_artifacts")
+    path = os.path.join(path, "webapp")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def _playwright():
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"headless browser test needs Debian's chromium at {CHROMIUM} (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("headless browser test needs the Python 'playwright' package")
+    return sync_playwright
+
+
+def test_browser_login_upload_and_read_grade(live_server, tmp_path, direct_client):
+    sync_playwright = _playwright()
+    url, _, _ = live_server
+    shots = _artifacts_dir()
+    images = _knee_images(tmp_path)
+    problems = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.on(
+                "response",
+                lambda r: problems.append(f"{r.status} {r.url}") if r.status >= 400 else None,
+            )
+            page.goto(url + "/")
+            assert "/auth/login" in page.url
+            page.fill("#username", ADMIN_NAME)
+            page.fill("#password", ADMIN_PASSWORD)
+            page.click("button[type=submit]")
+            page.wait_for_selector("#drop-zone")
+            page.screenshot(path=os.path.join(shots, "01_upload.png"), full_page=True)
+
+            # Batch: two knees at once, each with its own progress row.
+            page.set_input_files("#files", images[:2])
+            page.click("#upload-submit")
+            # Locators, not wait_for_function: the app's CSP forbids evaluating strings.
+            finished = page.locator("#queue-list li.done, #queue-list li.failed")
+            finished.nth(1).wait_for(timeout=60_000)
+            page.screenshot(path=os.path.join(shots, "02_batch_progress.png"), full_page=True)
+            assert page.locator("#queue-list li.failed").count() == 0
+            page.locator("#queue-list li.done a").first.click()
+            page.wait_for_selector("[data-testid=grade]")
+            page.screenshot(path=os.path.join(shots, "03_result_overlay.png"), full_page=True)
+
+            grade = int(page.get_attribute("[data-testid=grade]", "data-grade"))
+            rows = page.locator("[data-testid=probabilities] tbody tr")
+            shown = [float(rows.nth(i).get_attribute("data-probability")) for i in range(rows.count())]
+            visible_percent = [rows.nth(i).locator("td.num").inner_text() for i in range(rows.count())]
+            with open(images[0], "rb") as f:
+                expected = direct_client.predict(f.read())
+            assert grade == expected.grade
+            assert shown == pytest.approx(expected.probabilities, abs=1e-5)
+            assert visible_percent == [f"{p * 100:.1f}%" for p in expected.probabilities]
+            assert page.locator("[data-testid=grade-name]").inner_text() == expected.grade_name
+
+            # The Grad-CAM overlay toggles off and on.
+            overlay = page.locator("img.overlay")
+            assert overlay.is_visible()
+            page.click("label[for=toggle-heatmap]")
+            assert not overlay.is_visible()
+            page.screenshot(path=os.path.join(shots, "04_result_plain.png"), full_page=True)
+            page.click("label[for=toggle-heatmap]")
+            assert overlay.is_visible()
+
+            page.click("text=Printable report")
+            page.wait_for_selector(".report")
+            page.emulate_media(media="print")
+            assert not page.locator("header.site-header").is_visible()
+            page.screenshot(path=os.path.join(shots, "05_report_print.png"), full_page=True)
+            page.emulate_media(media="screen")
+
+            page.goto(url + "/model")
+            page.wait_for_selector("[data-testid=confusion-matrix]")
+            page.screenshot(path=os.path.join(shots, "06_model_card.png"), full_page=True)
+            page.goto(url + "/history")
+            assert page.locator("[data-testid=history] tbody tr[data-status=done]").count() >= 2
+            page.screenshot(path=os.path.join(shots, "07_history.png"), full_page=True)
+        finally:
+            browser.close()
+    # No script errors and no Content-Security-Policy violations on any page.
+    assert problems == []
+    assert all(os.path.getsize(os.path.join(shots, f)) > 0 for f in os.listdir(shots))
