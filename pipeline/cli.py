@@ -4,6 +4,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from typing import List, Optional, Sequence
 
 from pipeline import configs
@@ -27,6 +28,8 @@ def setup_logging(verbose: bool = False) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         force=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Google client libraries warn about Python 3.10 on import; TFX 1.16 requires it.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"google\.")
     if not verbose:
         for name in ("absl", "apache_beam", "tensorflow"):
             logging.getLogger(name).addFilter(_TfxProgressFilter())
