@@ -9,9 +9,6 @@ app on a temporary SQLite database migrated with Alembic, a test client, and an
 
 import json
 import os
-import re
-import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,24 +17,20 @@ import pytest
 
 from webapp import create_app, db, migrate
 from webapp.users import create_user
+from webapp_testlib import (
+    ADMIN,
+    CARD_FIXTURE,
+    CLINICIAN,
+    HERE,
+    OTHER_CLINICIAN,
+    REPO,
+    AuthActions,
+    free_port,
+)
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
-CARD_FIXTURE = os.path.join(HERE, "data", "model_card.json")
 
-CLINICIAN = ("clinician1", "clinician-password-1")
-OTHER_CLINICIAN = ("clinician2", "clinician-password-2")
-ADMIN = ("admin1", "admin-password-123")
 
 _SERVER_START_SECONDS = 180
-_CSRF_RE = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
-
-
-def free_port() -> int:
-    """An unused TCP port on the loopback interface."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _subprocess_env() -> dict:
@@ -184,53 +177,9 @@ def runner(app):
     return app.test_cli_runner()
 
 
-def csrf_token(client, path: str = "/auth/login") -> str:
-    """A valid CSRF token for this client's session, read from a rendered form."""
-    response = client.get(path)
-    match = _CSRF_RE.search(response.get_data(as_text=True))
-    assert match, f"no CSRF token on {path} (status {response.status_code})"
-    return match.group(1)
-
-
-class AuthActions:
-    """Signs in and out through the real forms."""
-
-    def __init__(self, client):
-        self._client = client
-
-    def login(self, user=CLINICIAN):
-        username, password = user
-        return self._client.post(
-            "/auth/login",
-            data={"username": username, "password": password, "csrf_token": csrf_token(self._client)},
-        )
-
-    def logout(self):
-        return self._client.post("/auth/logout", data={"csrf_token": csrf_token(self._client, "/")})
-
-
 @pytest.fixture
 def auth(client):
     return AuthActions(client)
-
-
-def upload(client, files, *, json_response=False, token=None):
-    """Posts files to the upload endpoint.
-
-    Args:
-        client: A signed-in test client.
-        files: List of (filename, bytes).
-        json_response: Ask for JSON like the page's script does.
-        token: CSRF token to send (a fresh valid one when None).
-    """
-    import io
-
-    data = {
-        "csrf_token": csrf_token(client, "/") if token is None else token,
-        "files": [(io.BytesIO(content), name) for name, content in files],
-    }
-    headers = {"Accept": "application/json"} if json_response else {}
-    return client.post("/predictions", data=data, headers=headers, content_type="multipart/form-data")
 
 
 @pytest.fixture
@@ -240,18 +189,3 @@ def direct_client(serving_target):
 
     with ServingClient(serving_target, "koa", timeout=20.0, retries=0) as client:
         yield client
-
-
-@pytest.fixture(scope="session")
-def knee_png_path():
-    """A real knee radiograph from the shared data, or a synthetic one when absent."""
-    shared = os.path.join(REPO, "..", "shared", "data", "kneeKL224", "train", "2")
-    if os.path.isdir(shared):
-        names = sorted(n for n in os.listdir(shared) if n.endswith(".png"))
-        if names:
-            return os.path.join(shared, names[0])
-    return None
-
-
-def copy_tree(src: str, dst: str) -> None:
-    shutil.copytree(src, dst)

@@ -5,7 +5,7 @@ import datetime as dt
 import pytest
 import sqlalchemy as sa
 
-from conftest import ADMIN, CLINICIAN, csrf_token
+from webapp_testlib import ADMIN, CLINICIAN, csrf_token
 from webapp import config as config_module
 from webapp import create_app, db
 from webapp.models import LoginAttempt, User

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 import webapp_images as wi
-from conftest import ADMIN, CLINICIAN, OTHER_CLINICIAN, csrf_token, free_port, upload
+from webapp_testlib import ADMIN, CLINICIAN, OTHER_CLINICIAN, csrf_token, free_port, upload
 from webapp import db
 from webapp.models import ApiToken, Prediction
 from webapp.serialize import CSV_COLUMNS

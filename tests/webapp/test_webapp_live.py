@@ -16,7 +16,7 @@ import urllib.request
 
 import pytest
 
-from conftest import REPO, free_port
+from webapp_testlib import REPO, free_port
 
 ADMIN_NAME = "chief"
 ADMIN_PASSWORD = "chief-password-2025"

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from conftest import CARD_FIXTURE, AuthActions, free_port
+from webapp_testlib import CARD_FIXTURE, AuthActions, free_port
 from webapp import charts, model_card
 
 CELL_RE = re.compile(r'data-row="(\d)" data-col="(\d)">(\d+)<')

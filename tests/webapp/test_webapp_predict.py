@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from PIL import Image
 
 import webapp_images as wi
-from conftest import ADMIN, OTHER_CLINICIAN, csrf_token, free_port, upload
+from webapp_testlib import ADMIN, OTHER_CLINICIAN, csrf_token, free_port, upload
 from webapp import db, serving_gateway
 from webapp.models import Prediction, PredictionImage
 

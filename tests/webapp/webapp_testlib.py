@@ -1,0 +1,65 @@
+"""Helpers of the web-app tests (kept out of conftest.py so tests can import them by a unique name)."""
+
+import io
+import os
+import re
+import socket
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+CARD_FIXTURE = os.path.join(HERE, "data", "model_card.json")
+
+CLINICIAN = ("clinician1", "clinician-password-1")
+OTHER_CLINICIAN = ("clinician2", "clinician-password-2")
+ADMIN = ("admin1", "admin-password-123")
+
+_CSRF_RE = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
+
+
+def free_port() -> int:
+    """An unused TCP port on the loopback interface."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def csrf_token(client, path: str = "/auth/login") -> str:
+    """A valid CSRF token for this client's session, read from a rendered form."""
+    response = client.get(path)
+    match = _CSRF_RE.search(response.get_data(as_text=True))
+    assert match, f"no CSRF token on {path} (status {response.status_code})"
+    return match.group(1)
+
+
+class AuthActions:
+    """Signs in and out through the real forms."""
+
+    def __init__(self, client):
+        self._client = client
+
+    def login(self, user=CLINICIAN):
+        username, password = user
+        return self._client.post(
+            "/auth/login",
+            data={"username": username, "password": password, "csrf_token": csrf_token(self._client)},
+        )
+
+    def logout(self):
+        return self._client.post("/auth/logout", data={"csrf_token": csrf_token(self._client, "/")})
+
+
+def upload(client, files, *, json_response=False, token=None):
+    """Posts files to the upload endpoint.
+
+    Args:
+        client: A signed-in test client.
+        files: List of (filename, bytes).
+        json_response: Ask for JSON like the page's script does.
+        token: CSRF token to send (a fresh valid one when None).
+    """
+    data = {
+        "csrf_token": csrf_token(client, "/") if token is None else token,
+        "files": [(io.BytesIO(content), name) for name, content in files],
+    }
+    headers = {"Accept": "application/json"} if json_response else {}
+    return client.post("/predictions", data=data, headers=headers, content_type="multipart/form-data")
