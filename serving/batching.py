@@ -111,6 +111,11 @@ class BatchScheduler:
             raise task.error
         return task.outputs
 
+    def queued_batches(self) -> int:
+        """Returns how many batches are waiting for a worker."""
+        with self._cond:
+            return len(self._pending)
+
     def _next_batch(self):
         with self._cond:
             while True:
