@@ -65,6 +65,7 @@ class BatchScheduler:
         self._open = {}  # key -> the batch still accepting tasks
         self._queued = collections.Counter()  # key -> batches waiting
         self._stopping = False
+        self._flushing = False
         self._workers = [threading.Thread(target=self._work, name=f"batch-{i}", daemon=True)
                          for i in range(config.num_batch_threads)]
         for worker in self._workers:
@@ -121,7 +122,7 @@ class BatchScheduler:
             while True:
                 now = time.monotonic()
                 for batch in self._pending:
-                    if batch.closed or batch.deadline <= now or self._stopping:
+                    if batch.closed or batch.deadline <= now or self._flushing or self._stopping:
                         self._pending.remove(batch)
                         batch.closed = True
                         self._queued[batch.key] -= 1
@@ -182,6 +183,17 @@ class BatchScheduler:
         finally:
             for task in tasks:
                 task.done.set()
+
+    def flush(self):
+        """From now on, runs every batch as soon as a worker is free (used at shutdown).
+
+        New requests are still accepted, so that requests already in flight
+        when the server began to shut down complete without waiting for a
+        batch timeout.
+        """
+        with self._cond:
+            self._flushing = True
+            self._cond.notify_all()
 
     def stop(self):
         """Runs the batches already queued, then stops the workers."""

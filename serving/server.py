@@ -125,6 +125,8 @@ class ModelServer:
         _LOG.info("Shutting down: draining in-flight requests (up to %.0fs)", self._grace)
         self.manager.stop()
         done = self._grpc.stop(self._grace) if self._grpc is not None else None
+        if self.batcher is not None:
+            self.batcher.flush()
         if self._rest is not None:
             self._rest.stop()
         if done is not None:

@@ -1,0 +1,195 @@
+"""The project's server as a process: hot swap under load, graceful shutdown, flags.
+
+These start their own servers (they change model directories or stop the
+server), so they only run against the project's server.
+"""
+
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+
+from components import features
+from serving import protos, tensors
+from serving_fixtures import REPO_ROOT, png_bytes, start_server
+
+THREADS = 8
+REQUESTS_PER_THREAD = 200
+IMAGE = png_bytes(31)
+
+
+def _request(p, images, signature="serving_default"):
+    request = p.predict_pb2.PredictRequest()
+    request.model_spec.name = "koa"
+    request.model_spec.signature_name = signature
+    request.inputs[features.SERVING_INPUT].CopyFrom(
+        tensors.to_tensor_proto(np.array(images, dtype=object), p.tensor_pb2.TensorProto))
+    return request
+
+
+def _version_states(p, channel):
+    request = p.get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = "koa"
+    response = p.model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=10)
+    return {s.version: s.state for s in response.model_version_status}
+
+
+def test_hot_swap_under_load_with_batching(tmp_path, models_dir, reference):
+    base = tmp_path / "koa"
+    shutil.copytree(os.path.join(models_dir, "koa", "1"), base / "1")
+    batching = tmp_path / "batching.config"
+    batching.write_text("max_batch_size { value: 16 }\nbatch_timeout_micros { value: 2000 }\n"
+                        "num_batch_threads { value: 2 }\nmax_enqueued_batches { value: 100 }\n")
+    process, target, _ = start_server(tmp_path, [
+        "--model_name=koa", f"--model_base_path={base}", "--file_system_poll_wait_seconds=1",
+        "--enable_batching", f"--batching_parameters_file={batching}"])
+    expected = {v: reference(v, [IMAGE])[features.PROBABILITIES_OUTPUT][0] for v in (1, 2)}
+    p = protos.load()
+    swapped = threading.Event()
+    failures, seen = [], []
+    lock = threading.Lock()
+
+    def client():
+        with grpc.insecure_channel(target) as channel:
+            stub = p.prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            sent = 0
+            # At least REQUESTS_PER_THREAD each, and keep going until the swap
+            # is over, so requests are in flight before, during and after it.
+            while sent < REQUESTS_PER_THREAD or not swapped.is_set():
+                sent += 1
+                try:
+                    response = stub.Predict(_request(p, [IMAGE]), timeout=60)
+                except grpc.RpcError as e:
+                    with lock:
+                        failures.append(f"{e.code()}: {e.details()}")
+                    continue
+                version = response.model_spec.version.value
+                probabilities = tensors.to_ndarray(response.outputs[features.PROBABILITIES_OUTPUT])[0]
+                with lock:
+                    seen.append(version)
+                    if version not in expected or not np.allclose(probabilities, expected[version], rtol=1e-5):
+                        failures.append(f"version {version} answered {probabilities}")
+
+    threads = [threading.Thread(target=client) for _ in range(THREADS)]
+    try:
+        for thread in threads:
+            thread.start()
+        staging = tmp_path / "staging-2"
+        shutil.copytree(os.path.join(models_dir, "koa", "2"), staging)
+        os.rename(staging, base / "2")  # how the pipeline's pusher publishes a version
+        with grpc.insecure_channel(target) as channel:
+            deadline = time.monotonic() + 120
+            while _version_states(p, channel) != {1: 50, 2: 30}:  # 1 END, 2 AVAILABLE
+                assert time.monotonic() < deadline, "version 2 did not replace version 1"
+                time.sleep(0.2)
+        swapped.set()
+        for thread in threads:
+            thread.join()
+    finally:
+        swapped.set()
+        code = process.stop()
+
+    assert failures == []
+    assert len(seen) >= THREADS * REQUESTS_PER_THREAD
+    assert set(seen) == {1, 2}
+    assert code == 0
+
+
+def test_shutdown_drains_in_flight_requests(tmp_path, models_dir, reference):
+    base = tmp_path / "koa"
+    shutil.copytree(os.path.join(models_dir, "koa", "2"), base / "2")
+    monitoring = tmp_path / "monitoring.config"
+    monitoring.write_text('prometheus_config { enable: true path: "/metrics" }\n')
+    # A batch that only closes after a minute holds the requests in flight
+    # until the server is told to stop; shutdown must still answer them all.
+    batching = tmp_path / "batching.config"
+    batching.write_text("max_batch_size { value: 64 }\nbatch_timeout_micros { value: 60000000 }\n")
+    process, target, rest_url = start_server(tmp_path, [
+        "--model_name=koa", f"--model_base_path={base}", f"--monitoring_config_file={monitoring}",
+        "--enable_batching", f"--batching_parameters_file={batching}"])
+    p = protos.load()
+    expected = reference(2, [IMAGE])[features.PROBABILITIES_OUTPUT][0]
+    results = []
+
+    def grpc_call():
+        with grpc.insecure_channel(target) as channel:
+            stub = p.prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            try:
+                response = stub.Predict(_request(p, [IMAGE]), timeout=120)
+                results.append(tensors.to_ndarray(response.outputs[features.PROBABILITIES_OUTPUT])[0])
+            except grpc.RpcError as e:
+                results.append(e.code())
+
+    def rest_call():
+        body = json.dumps({"instances": [{"b64": base64.b64encode(IMAGE).decode()}]}).encode()
+        request = urllib.request.Request(rest_url + "/v1/models/koa:predict", data=body, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                results.append(np.array(json.loads(response.read())["predictions"][0]["probabilities"]))
+        except OSError as e:
+            results.append(e)
+
+    def requests_in_flight():
+        with urllib.request.urlopen(rest_url + "/metrics", timeout=10) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith("koa_serving_requests_in_flight "):
+                    return float(line.split()[1])
+        return 0.0
+
+    threads = [threading.Thread(target=grpc_call) for _ in range(3)] + [threading.Thread(target=rest_call)]
+    try:
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 50
+        while requests_in_flight() < len(threads):
+            assert time.monotonic() < deadline, "requests never reached the server"
+            time.sleep(0.05)
+        process.terminate()
+        for thread in threads:
+            thread.join()
+    finally:
+        code = process.stop()
+
+    assert len(results) == len(threads)
+    for result in results:
+        assert isinstance(result, np.ndarray), result
+        np.testing.assert_allclose(result, expected, rtol=1e-5)
+    assert code == 0
+    assert "Server stopped" in process.log()
+    with grpc.insecure_channel(target) as channel, pytest.raises(grpc.RpcError) as info:
+        p.prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(_request(p, [IMAGE]), timeout=5)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model_base_path=/tmp/x", "--no_such_flag=1"], "unknown argument: --no_such_flag=1"),
+    (["--model_base_path=/tmp/x", "--port", "8500"], "unknown argument: --port"),
+    (["--model_base_path=/tmp/x", "--port=eighty"], "Couldn't interpret value eighty for flag port"),
+    (["--port=8500"], "one of --model_base_path or --model_config_file is required"),
+])
+def test_bad_command_line_is_an_error(args, message):
+    result = subprocess.run([sys.executable, "-m", "serving", *args], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=60, env=dict(os.environ, PYTHONPATH=REPO_ROOT))
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "--model_config_file" in result.stderr  # the usage text follows
+
+
+def test_unloadable_model_fails_start_up(tmp_path):
+    (tmp_path / "koa" / "1").mkdir(parents=True)
+    (tmp_path / "koa" / "1" / "saved_model.pb").write_bytes(b"junk")
+    result = subprocess.run(
+        [sys.executable, "-m", "serving", "--port=0", f"--model_base_path={tmp_path / 'koa'}"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert result.returncode == 1
+    assert "Some models did not become available: {default}" in result.stderr
