@@ -1,5 +1,6 @@
 """Upload, result, printable report, images and retry of predictions (clinician pages)."""
 
+import sqlalchemy as sa
 from flask import (
     Blueprint,
     Response,
@@ -17,7 +18,7 @@ from webapp.db import get_session
 from webapp.errors import error_response, wants_json
 from webapp.forms import ConfirmForm, UploadForm
 from webapp.image_errors import ImageError
-from webapp.models import STATUS_DONE, utcnow
+from webapp.models import STATUS_DONE, PredictionImage, utcnow
 from webapp.queries import get_visible_prediction
 from webapp.serialize import prediction_json
 
@@ -104,6 +105,17 @@ def create():
     return render_template("predict/batch.html", outcomes=outcomes), status
 
 
+def _has_heatmap(session, prediction_id: int) -> bool:
+    """Asks the database, without loading the image blobs, whether there is a heatmap."""
+    return bool(
+        session.scalar(
+            sa.select(PredictionImage.heatmap_png.is_not(None)).where(
+                PredictionImage.prediction_id == prediction_id
+            )
+        )
+    )
+
+
 @bp.route("/predictions/<int:prediction_id>")
 @login_required
 def result(prediction_id: int):
@@ -112,9 +124,13 @@ def result(prediction_id: int):
     Raises:
         404 if the prediction does not exist; 403 if it is another user's.
     """
-    prediction = get_visible_prediction(get_session(), current_user, prediction_id)
+    session = get_session()
+    prediction = get_visible_prediction(session, current_user, prediction_id)
     return render_template(
-        "predict/result.html", prediction=prediction, retry_form=ConfirmForm()
+        "predict/result.html",
+        prediction=prediction,
+        has_heatmap=_has_heatmap(session, prediction_id),
+        retry_form=ConfirmForm(),
     )
 
 
@@ -132,6 +148,7 @@ def report(prediction_id: int):
     return render_template(
         "predict/report.html",
         prediction=prediction,
+        has_heatmap=_has_heatmap(get_session(), prediction_id),
         now_utc=utcnow().strftime("%Y-%m-%d %H:%M UTC"),
     )
 
