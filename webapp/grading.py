@@ -7,7 +7,6 @@ as ``done``, or as ``failed`` with the image kept so it can be retried.
 """
 
 import logging
-import os
 
 from flask import current_app
 from sqlalchemy.orm import Session
@@ -157,8 +156,3 @@ def retry(session: Session, prediction: Prediction, *, explain: bool = True) -> 
     logger.info("retry of prediction %s: %s", prediction.id, prediction.status)
     return prediction
 
-
-def model_base_path_configured() -> bool:
-    """True if model cards can be looked up (KOA_MODEL_BASE_PATH is an existing dir)."""
-    path = current_app.config["KOA_MODEL_BASE_PATH"]
-    return bool(path) and os.path.isdir(path)

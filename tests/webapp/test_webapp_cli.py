@@ -46,6 +46,20 @@ def test_migrations_downgrade_and_upgrade_again(env):
     engine.dispose()
 
 
+def test_migrations_match_the_models(env):
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from webapp.models import Base
+
+    engine = sa.create_engine(env)
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        differences = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    engine.dispose()
+    assert differences == []
+
+
 def test_app_start_does_not_create_tables(env):
     app = create_app()
     engine = db.engine_of(app)
