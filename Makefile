@@ -1,18 +1,24 @@
-# Two commands on a fresh machine:  `make demo` (set up + run the pipeline on the
-# embedded SYNTHETIC set)  and  `make test` (set up + run the test suite).
+# Two commands on a fresh machine:
+#   make demo  set up, run the pipeline on the embedded SYNTHETIC set, then bring up the
+#              model server and the web UI on the pushed model (Ctrl-C stops them)
+#   make test  set up and run the test suite
 VENV := .venv
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 export TF_USE_LEGACY_KERAS := 1
 
-.PHONY: setup demo test lock
+.PHONY: setup demo pipeline test lock
 
 setup: $(VENV)/.koa-installed
 
 $(VENV)/.koa-installed: requirements.lock requirements.txt setup.py scripts/bootstrap.sh
 	scripts/bootstrap.sh
 
-demo: setup
+demo: pipeline
+	koa up
+
+# The main job alone: data -> pipeline -> blessed model in serving_model/, then metrics.
+pipeline: setup
 	@[ -f data/SYNTHETIC.md ] || koa generate-synthetic --out data
 	dvc repro
 	dvc metrics show

@@ -90,6 +90,12 @@ def _cmd_compile_kfp(args) -> int:
     return 0
 
 
+def _cmd_up(args) -> int:
+    from pipeline import stack
+    return stack.up(args.project_dir, grpc_port=args.grpc_port, rest_port=args.rest_port,
+                    web_port=args.web_port)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="koa", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true",
@@ -135,6 +141,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="Beam option for the cluster run, repeatable (e.g. --runner=DataflowRunner)")
     p.set_defaults(func=_cmd_compile_kfp)
 
+    p = sub.add_parser("up", help="run the model server and web UI on the pushed models")
+    p.add_argument("--project-dir", default=".")
+    p.add_argument("--grpc-port", type=int, default=8500)
+    p.add_argument("--rest-port", type=int, default=8501)
+    p.add_argument("--web-port", type=int, default=5000)
+    p.set_defaults(func=_cmd_up)
+
     sub.add_parser("serve", add_help=False,
                    help="start the model server (tensorflow_model_server flags)")
     sub.add_parser("web", add_help=False, help="start the clinician web UI")
@@ -156,18 +169,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return args.func(args)
     except Exception as e:  # the boundary: one clear line instead of a traceback
-        from components.anomaly_gate import DataAnomalyError
-        known = (FileNotFoundError, ValueError, DataAnomalyError)
-        try:
-            from components.ingestion import IngestError
-            from components.synthetic import SyntheticError
-            known += (IngestError, SyntheticError)
-        except ImportError:
-            pass
-        if isinstance(e, known):
+        if _is_user_error(e):
             logger.error("%s", e)
             return 2
         raise
+
+
+# Errors that describe bad input or a missing step, by module; a module that was never
+# imported cannot have raised its error, so nothing heavy is imported to check.
+_USER_ERRORS = (("components.anomaly_gate", "DataAnomalyError"),
+                ("components.ingestion", "IngestError"),
+                ("components.synthetic", "SyntheticError"),
+                ("pipeline.stack", "StackError"))
+
+
+def _is_user_error(error: Exception) -> bool:
+    if isinstance(error, (FileNotFoundError, ValueError)):
+        return True
+    for module, name in _USER_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None and isinstance(error, cls):
+            return True
+    return False
 
 
 if __name__ == "__main__":
