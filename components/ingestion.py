@@ -34,6 +34,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from components.atomic_dir import replace_dir
 from components import features
 
 logger = logging.getLogger(__name__)
@@ -554,7 +555,7 @@ def _write_output(out: Path, items: list[_Item], report: IngestReport, seed: int
                               key=lambda i: _seeded_hash(seed, f"{i.sha256}:{i.rel}"))
             written = _write_records(tmp / split / RECORD_NAME, in_split, written, len(items))
         (tmp / REPORT_NAME).write_text(report.to_json(), encoding="utf-8")
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -589,18 +590,3 @@ def _bytes_feature(tf, value: bytes):
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Moves ``tmp`` to ``out``, replacing a previous import with two renames."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-    try:
-        tmp.rename(out)
-    except OSError:
-        if old is not None:
-            old.rename(out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

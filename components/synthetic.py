@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from components.atomic_dir import replace_dir
 from components import features
 
 logger = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ def generate(out_dir: str | os.PathLike, *, patients: int = 200, size: int = 224
             "counts": {str(g): n for g, n in enumerate(counts)},
         }
         (tmp / README_NAME).write_text(_readme(summary), encoding="utf-8")
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -181,23 +182,6 @@ def _check_replaceable(out: Path) -> None:
         raise SyntheticError(
             f"refusing to overwrite {out}: it is not empty and has no {README_NAME} "
             "from a previous synthetic set (choose an empty or new folder)")
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Moves ``tmp`` to ``out``, replacing an old ``out`` with two renames."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        out.rename(old)
-    try:
-        tmp.rename(out)
-    except OSError:
-        if old is not None:
-            old.rename(out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _patient_grades(rng: np.random.Generator, patients: int) -> list[tuple[int, int]]:
