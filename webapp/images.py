@@ -1,9 +1,11 @@
 """Checks uploaded radiographs and converts them to the PNG bytes the model receives.
 
-Format conversion is this module's job; resizing, normalising and contrast
-enhancement are the model's (they live in its graph), so pixels are never resized
-or normalised here. The only pixel change is bringing 12/16-bit or colour images
-to 8-bit grayscale display range, which is what a clinician would see.
+Format conversion is this module's job; colour, bit depth, resizing, normalising and
+contrast enhancement are the model's (they live in its graph, which decodes 8/16-bit
+gray or colour PNG and JPEG itself). So a PNG goes to the model untouched, a JPEG as a
+lossless PNG of the same pixels (upright, as a viewer shows it), and a DICOM as the
+8-bit image its VOI LUT / window defines. Only the thumbnail is mapped to 8-bit gray,
+for display.
 """
 
 import dataclasses
@@ -143,15 +145,16 @@ def prepare_upload(data: bytes, max_pixels: int) -> PreparedImage:
         png = _encode_png(gray)
     else:
         image = _open_raster(data, source_format, max_pixels)
-        if source_format == FORMAT_PNG and image.mode == "L" and _single_frame(image):
-            # Already what the model was trained on: send the bytes untouched.
-            gray, png = image, data
+        if source_format == FORMAT_PNG and _single_frame(image):
+            png = data
         else:
             if source_format == FORMAT_JPEG:
                 # Show and grade the picture the way a viewer displays it.
                 image = ImageOps.exif_transpose(image)
-            gray = _to_gray8(image)
-            png = _encode_png(gray)
+            if image.mode not in ("L", "RGB", "I;16"):
+                image = image.convert("RGB")
+            png = _encode_png(image)
+        gray = _to_gray8(image)
     return PreparedImage(
         png=png,
         source_format=source_format,
