@@ -61,6 +61,9 @@ def build_eval_config(recall_lower_bounds: Sequence[float], accuracy_lower_bound
                           config=json.dumps({"name": "qwk"})),
         tfma.MetricConfig(class_name="MeanAbsoluteGradeError", module=_METRICS_MODULE,
                           config=json.dumps({"name": "mae"})),
+        # Calibration of the served probabilities (10 equal-width confidence bins).
+        tfma.MetricConfig(class_name="ExpectedCalibrationError", module=_METRICS_MODULE,
+                          config=json.dumps({"name": "ece"})),
         tfma.MetricConfig(class_name="MultiClassConfusionMatrixPlot"),
     ]
     for grade, bound in enumerate(recall_lower_bounds):
@@ -92,8 +95,9 @@ def load_grade_metrics(evaluation_uri: str) -> Dict:
     """Overall-slice figures of one Evaluator output, for reports and the model card.
 
     Returns:
-      {"accuracy", "qwk", "mae", "recall_per_grade" [5], "confusion_matrix" [5][5]
-       (rows true grade, columns argmax grade), "eval_examples", "blessed"}.
+      {"accuracy", "qwk", "mae", "ece" (expected calibration error of the served
+       probabilities), "recall_per_grade" [5], "confusion_matrix" [5][5] (rows true
+       grade, columns argmax grade), "eval_examples", "blessed", "failures"}.
     """
     values = {}
     for item in _overall(tfma.load_metrics(evaluation_uri)).metric_keys_and_values:
@@ -117,6 +121,7 @@ def load_grade_metrics(evaluation_uri: str) -> Dict:
         "accuracy": values.get("accuracy"),
         "qwk": values.get("qwk"),
         "mae": values.get("mae"),
+        "ece": values.get("ece"),
         "recall_per_grade": recalls,
         "confusion_matrix": matrix,
         "eval_examples": int(values.get("example_count", 0)),

@@ -2,8 +2,9 @@
 
 TFMA's built-in per-class recall binarizes scores at 0.5, which is not "of the knees
 truly of grade g, the share predicted g". These metrics accumulate the 5x5 confusion
-matrix of (true grade, argmax grade) and derive recall, QWK and MAE from it. Their only
-state is counts, so TFMA can merge partial results by adding them.
+matrix of (true grade, argmax grade) and derive recall, QWK and MAE from it; the expected
+calibration error accumulates per-confidence-bin sums. Their only state is additive
+counts and sums, so TFMA can merge partial results by adding them.
 """
 
 import numpy as np
@@ -121,3 +122,46 @@ class MeanAbsoluteGradeError(_GradeConfusionMetric):
         distance = tf.abs(grid[:, None] - grid[None, :])
         return tf.math.divide_no_nan(tf.reduce_sum(distance * self.matrix),
                                      tf.reduce_sum(self.matrix))
+
+
+class ExpectedCalibrationError(tf.keras.metrics.Metric):
+    """ECE over equal-width bins of the top-class probability (see components.calibration).
+
+    State per bin: example count, summed confidence and number correct — all additive, so
+    TFMA can merge partial results by adding them. ECE = sum_b |correct_b - confidence_b| / N.
+    """
+
+    def __init__(self, name="ece", bins: int = 10, num_grades: int = features.NUM_GRADES,
+                 dtype=None, **kwargs):
+        super().__init__(name=name, dtype=dtype, **kwargs)
+        self.bins = bins
+        self.num_grades = num_grades
+        self.counts = self.add_weight(name="counts", shape=(bins,), initializer="zeros",
+                                      dtype=tf.float64)
+        self.confidence = self.add_weight(name="confidence", shape=(bins,),
+                                          initializer="zeros", dtype=tf.float64)
+        self.correct = self.add_weight(name="correct", shape=(bins,), initializer="zeros",
+                                       dtype=tf.float64)
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        labels = tf.cast(tf.reshape(y_true, [-1]), tf.int64)
+        scores = tf.cast(tf.reshape(y_pred, [-1, self.num_grades]), tf.float64)
+        confidence = tf.reduce_max(scores, axis=-1)
+        correct = tf.cast(tf.equal(tf.argmax(scores, axis=-1), labels), tf.float64)
+        index = tf.minimum(tf.cast(tf.floor(confidence * self.bins), tf.int32), self.bins - 1)
+        weights = (tf.ones_like(confidence) if sample_weight is None
+                   else tf.cast(tf.reshape(sample_weight, [-1]), tf.float64))
+        for state, values in ((self.counts, weights), (self.confidence, weights * confidence),
+                              (self.correct, weights * correct)):
+            state.assign_add(tf.math.unsorted_segment_sum(values, index, self.bins))
+
+    def result(self):
+        return tf.math.divide_no_nan(tf.reduce_sum(tf.abs(self.correct - self.confidence)),
+                                     tf.reduce_sum(self.counts))
+
+    def reset_state(self):
+        for state in (self.counts, self.confidence, self.correct):
+            state.assign(tf.zeros_like(state))
+
+    def get_config(self):
+        return {**super().get_config(), "bins": self.bins, "num_grades": self.num_grades}

@@ -11,11 +11,12 @@ import os
 import time
 from typing import Dict, List, Optional
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 from tfx_bsl.public import tfxio
 
-from components import features
+from components import calibration, features, ood
 
 keras = tf.keras
 logger = logging.getLogger(__name__)
@@ -23,6 +24,11 @@ logger = logging.getLogger(__name__)
 _BACKBONE = "backbone"
 _LOGITS = "logits"
 _HISTORY_FILE = "training_history.json"
+HEADS = ("softmax", "ordinal")
+
+# Outputs added to every signature (to move into components/features.py beside the others).
+OOD_SCORE_OUTPUT = "ood_score"  # float32 [N]: > 1 flagged (components/ood.py)
+OOD_FLAG_OUTPUT = "out_of_distribution"  # bool [N]: ood_score > 1, the grade is not to be used
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +49,14 @@ class ModelConfig:
       bn_momentum: batch-norm momentum for fine-tuning (0.9 suits small data).
       class_weighting: "balanced", "sqrt" (square root of balanced) or "none".
       seed: random seed for initialisation, shuffling and augmentation.
+      head: "softmax" (5 free logits) or "ordinal" (cumulative-link: one severity score
+        and 4 ordered cut-points, turned into 5 probabilities in the graph).
+      calibrate: fit a softmax temperature on the validation split after training and
+        export it (the served probabilities are the calibrated ones).
+      ood_percentile: validation-distance percentile used as the out-of-distribution
+        threshold (components/ood.py).
+      tuner_trials: hyper-parameter combinations the Tuner tries (pipeline with tuner).
+      tuner_epochs: fine-tune epochs of each Tuner trial.
     """
 
     image_size: int = 224
@@ -58,6 +72,11 @@ class ModelConfig:
     bn_momentum: float = 0.9
     class_weighting: str = "sqrt"
     seed: int = 42
+    head: str = "softmax"
+    calibrate: bool = True
+    ood_percentile: float = 99.0
+    tuner_trials: int = 4
+    tuner_epochs: int = 2
 
     @classmethod
     def from_dict(cls, values: Dict) -> "ModelConfig":
@@ -71,7 +90,17 @@ class ModelConfig:
         if config.class_weighting not in ("balanced", "sqrt", "none"):
             raise ValueError(f"class_weighting must be balanced, sqrt or none, "
                              f"got {config.class_weighting!r}")
+        if config.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {config.head!r}")
+        if not 0.0 < config.ood_percentile <= 100.0:
+            raise ValueError(f"ood_percentile must be in (0, 100], got {config.ood_percentile}")
+        if config.tuner_trials < 1 or config.tuner_epochs < 1:
+            raise ValueError("tuner_trials and tuner_epochs must be at least 1")
         return config
+
+    def with_overrides(self, values: Dict) -> "ModelConfig":
+        """A checked copy with some settings replaced (e.g. the Tuner's best values)."""
+        return ModelConfig.from_dict({**dataclasses.asdict(self), **values})
 
 
 def _backbone_weights(weights: str) -> Optional[str]:
@@ -83,6 +112,50 @@ def _backbone_weights(weights: str) -> Optional[str]:
         raise FileNotFoundError(f"backbone weights file not found: {weights} "
                                 "(use 'imagenet' to download, or 'none')")
     return weights
+
+
+class OrdinalLogits(keras.layers.Layer):
+    """Cumulative-link (proportional-odds) head: features -> log p(grade), [N, K].
+
+    One linear severity score s(x) and K-1 cut-points c_1 < ... < c_{K-1};
+    P(grade > k) = sigmoid(s(x) - c_{k+1}). The cut-points are the first one plus
+    cumulative softplus gaps, so they stay ordered and every grade's probability
+    P(> k-1) - P(> k) is non-negative. The output is log-probabilities, so a softmax over
+    it returns the same 5 probabilities, and temperature scaling and Grad-CAM treat both
+    heads alike.
+    """
+
+    def __init__(self, num_grades: int = features.NUM_GRADES, **kwargs):
+        super().__init__(**kwargs)
+        self.num_grades = num_grades
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(name="kernel", shape=(int(input_shape[-1]), 1),
+                                      initializer="glorot_uniform")
+        # Cut-points start evenly spread around 0 (-1.5, -0.5, 0.5, 1.5 for 5 grades).
+        self.first_cut = self.add_weight(
+            name="first_cut", shape=(),
+            initializer=keras.initializers.Constant(-(self.num_grades - 2) / 2.0))
+        self.gaps = self.add_weight(  # softplus(0.5413) == 1.0
+            name="gaps", shape=(self.num_grades - 2,),
+            initializer=keras.initializers.Constant(0.5413))
+        super().build(input_shape)
+
+    def cut_points(self) -> tf.Tensor:
+        """The K-1 increasing cut-points."""
+        return self.first_cut + tf.concat([[0.0], tf.cumsum(tf.nn.softplus(self.gaps))], 0)
+
+    def call(self, inputs):
+        score = tf.matmul(inputs, self.kernel)  # [N, 1]
+        above = tf.sigmoid(score - self.cut_points()[None, :])  # [N, K-1], decreasing
+        batch = tf.shape(inputs)[:1]
+        cumulative = tf.concat([tf.ones(tf.concat([batch, [1]], 0)), above,
+                                tf.zeros(tf.concat([batch, [1]], 0))], axis=1)
+        probabilities = cumulative[:, :-1] - cumulative[:, 1:]
+        return tf.math.log(tf.maximum(probabilities, 1e-7))
+
+    def get_config(self):
+        return {**super().get_config(), "num_grades": self.num_grades}
 
 
 def build_model(config: ModelConfig) -> keras.Model:
@@ -112,7 +185,10 @@ def build_model(config: ModelConfig) -> keras.Model:
     x = backbone(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dropout(config.dropout, seed=config.seed, name="dropout")(x)
-    logits = keras.layers.Dense(features.NUM_GRADES, name=_LOGITS)(x)
+    if config.head == "ordinal":
+        logits = OrdinalLogits(features.NUM_GRADES, name=_LOGITS)(x)
+    else:
+        logits = keras.layers.Dense(features.NUM_GRADES, name=_LOGITS)(x)
     outputs = keras.layers.Softmax(name=features.PROBABILITIES_OUTPUT)(logits)
     return keras.Model(inputs, outputs, name="koa_mobilenetv2")
 
@@ -147,6 +223,16 @@ def _dataset(fn_args, tf_transform_output, batch_size: int, shuffle: bool,
             shuffle=shuffle, shuffle_seed=seed, shuffle_buffer_size=1024),
         tf_transform_output.transformed_metadata.schema,
     ).prefetch(tf.data.AUTOTUNE)
+
+
+def datasets(fn_args, tf_transform_output, config: ModelConfig):
+    """Training (shuffled) and validation datasets of the Transform output, and the
+    training examples per grade."""
+    train_ds = _dataset(fn_args, tf_transform_output, config.batch_size, True, config.seed)
+    eval_ds = _dataset(fn_args, tf_transform_output, config.batch_size, False, config.seed)
+    counts = _label_counts(train_ds)
+    logger.info("training examples per grade: %s", counts)
+    return train_ds, eval_ds, counts
 
 
 def _label_counts(dataset: tf.data.Dataset) -> List[int]:
@@ -216,52 +302,122 @@ def train(config: ModelConfig, train_ds: tf.data.Dataset, eval_ds: tf.data.Datas
     return model, history, stats
 
 
+def _features_and_logits(model: keras.Model, images: tf.Tensor, feature_map=None):
+    """Inference path from preprocessed images: (feature map, pooled features, logits).
+
+    Augmentation and dropout are the identity at inference, so they are skipped. Pass
+    `feature_map` to continue from an already computed one (Grad-CAM watches it).
+    """
+    if feature_map is None:
+        rgb = model.get_layer("rescale")(model.get_layer("to_rgb")([images, images, images]))
+        feature_map = model.get_layer(_BACKBONE)(rgb, training=False)
+    pooled = model.get_layer("pool")(feature_map)
+    return feature_map, pooled, model.get_layer(_LOGITS)(pooled)
+
+
+def _collect(model: keras.Model, dataset: tf.data.Dataset):
+    """Pooled features, logits and labels of a whole dataset, as numpy arrays."""
+    forward = tf.function(lambda images: _features_and_logits(model, images)[1:])
+    pooled, logits, labels = [], [], []
+    for batch, batch_labels in dataset:
+        p, l = forward(batch[features.TRANSFORMED_IMAGE_KEY])
+        pooled.append(p.numpy())
+        logits.append(l.numpy())
+        labels.append(tf.reshape(batch_labels, [-1]).numpy())
+    return np.concatenate(pooled), np.concatenate(logits), np.concatenate(labels)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def fit_post_hoc(model: keras.Model, config: ModelConfig, train_ds: tf.data.Dataset,
+                 eval_ds: tf.data.Dataset) -> Dict:
+    """Fits temperature scaling and the out-of-distribution score on the trained model.
+
+    Both are attached to `model` (`temperature_scaling`, `feature_distance`) so that
+    `export` puts them into the SavedModel's signatures.
+
+    Returns:
+      Figures for the training record: temperature, validation NLL/ECE before and after
+      calibration, OOD threshold and the share of validation/training images flagged.
+    """
+    start = time.perf_counter()
+    train_pooled, _, train_labels = _collect(model, train_ds)
+    eval_pooled, eval_logits, eval_labels = _collect(model, eval_ds)
+    temperature = (calibration.fit_temperature(eval_logits, eval_labels)
+                   if config.calibrate else 1.0)
+    model.temperature_scaling = calibration.TemperatureScaling(temperature)
+    distance = ood.fit(train_pooled, train_labels, eval_pooled, config.ood_percentile)
+    model.feature_distance = distance
+    stats = {
+        "temperature": temperature,
+        "val_nll_uncalibrated": calibration.negative_log_likelihood(eval_logits, eval_labels),
+        "val_nll": calibration.negative_log_likelihood(eval_logits, eval_labels, temperature),
+        "val_ece_uncalibrated": calibration.expected_calibration_error(
+            _softmax(eval_logits), eval_labels),
+        "val_ece": calibration.expected_calibration_error(
+            _softmax(eval_logits / temperature), eval_labels),
+        "ood_threshold": float(distance.threshold.numpy()),
+        "ood_feature_flagged_val": float(np.mean(distance(eval_pooled).numpy() > 1.0)),
+        "ood_feature_flagged_train": float(np.mean(distance(train_pooled).numpy() > 1.0)),
+        "post_hoc_seconds": time.perf_counter() - start,
+    }
+    logger.info("post-hoc fit: %s", {k: round(v, 4) for k, v in stats.items()})
+    return stats
+
+
 def _serving_signatures(model: keras.Model, tf_transform_output) -> Dict:
-    """The exported signatures; all run the Transform graph, then the trained model."""
+    """The exported signatures; all run the Transform graph, then the trained model.
+
+    Needs `fit_post_hoc` to have run: every signature returns calibrated probabilities
+    and the out-of-distribution score and flag.
+    """
     # Tracked by the model, so the Transform graph is saved inside the SavedModel.
     model.tft_layer = tf_transform_output.transform_features_layer()
     raw_spec = tf_transform_output.raw_feature_spec()
     image_spec = {features.IMAGE_KEY: raw_spec[features.IMAGE_KEY]}
-    backbone = model.get_layer(_BACKBONE)
-    head = [model.get_layer(name) for name in ("pool", "dropout", _LOGITS)]
-    to_rgb, rescale = model.get_layer("to_rgb"), model.get_layer("rescale")
 
     def preprocess(image_bytes):
         raw = {features.IMAGE_KEY: tf.reshape(image_bytes, [-1, 1])}
         return model.tft_layer(raw)[features.TRANSFORMED_IMAGE_KEY]
 
-    def outputs(probabilities):
+    def outputs(pooled, logits, image_bytes):
+        probabilities = tf.nn.softmax(model.temperature_scaling(logits))
         grades = tf.range(features.NUM_GRADES, dtype=tf.float32)
+        ood_score = tf.maximum(model.feature_distance(pooled),
+                               ood.input_check_score(image_bytes))
         return {
             features.PROBABILITIES_OUTPUT: probabilities,
             features.GRADE_OUTPUT: tf.argmax(probabilities, axis=-1),
             features.EXPECTED_GRADE_OUTPUT: tf.reduce_sum(probabilities * grades, axis=-1),
+            OOD_SCORE_OUTPUT: ood_score,
+            OOD_FLAG_OUTPUT: ood_score > 1.0,
         }
 
     image_input = tf.TensorSpec([None], tf.string, name=features.SERVING_INPUT)
 
     @tf.function(input_signature=[image_input])
     def serve_images(image_bytes):
-        return outputs(model(preprocess(image_bytes), training=False))
+        return outputs(*_features_and_logits(model, preprocess(image_bytes))[1:],
+                       image_bytes)
 
     @tf.function(input_signature=[
         tf.TensorSpec([None], tf.string, name=features.EXAMPLES_INPUT)])
     def serve_examples(examples):
         parsed = tf.io.parse_example(examples, image_spec)
         images = model.tft_layer(parsed)[features.TRANSFORMED_IMAGE_KEY]
-        return outputs(model(images, training=False))
+        return outputs(*_features_and_logits(model, images)[1:], parsed[features.IMAGE_KEY])
 
     @tf.function(input_signature=[image_input])
     def gradcam(image_bytes):
         """Grad-CAM of the predicted grade's logit on the last convolutional feature map."""
         images = preprocess(image_bytes)
-        inputs = rescale(to_rgb([images, images, images]))
+        feature_map, _, _ = _features_and_logits(model, images)
         with tf.GradientTape() as tape:
-            feature_map = backbone(inputs, training=False)
             tape.watch(feature_map)
-            logits = feature_map
-            for layer in head:
-                logits = layer(logits, training=False)
+            _, pooled, logits = _features_and_logits(model, images, feature_map)
             grade = tf.argmax(logits, axis=-1)
             score = tf.gather(logits, grade, axis=1, batch_dims=1)
         grads = tape.gradient(score, feature_map)
@@ -269,7 +425,7 @@ def _serving_signatures(model: keras.Model, tf_transform_output) -> Dict:
         cam = tf.nn.relu(tf.reduce_sum(channel_weights * feature_map, axis=-1, keepdims=True))
         cam = tf.image.resize(cam, tf.shape(images)[1:3], method="bilinear")[..., 0]
         cam = tf.math.divide_no_nan(cam, tf.reduce_max(cam, axis=[1, 2], keepdims=True))
-        result = outputs(tf.nn.softmax(logits))
+        result = outputs(pooled, logits, image_bytes)
         result[features.HEATMAP_OUTPUT] = cam
         return result
 
@@ -302,19 +458,26 @@ def read_training_record(export_dir: str) -> Dict:
 
 
 def run_fn(fn_args) -> None:
-    """TFX Trainer entry point."""
+    """TFX Trainer entry point.
+
+    Settings come from `fn_args.custom_config`; when the pipeline has a Tuner, its best
+    hyper-parameters (`fn_args.hyperparameters`) override them.
+    """
     config = ModelConfig.from_dict(dict(fn_args.custom_config or {}))
+    tuned = getattr(fn_args, "hyperparameters", None)
+    if tuned:
+        from components import tuning  # keras-tuner only where a Tuner ran
+        config = config.with_overrides(tuning.hyperparameter_values(tuned))
     logger.info("training with %s", config)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
-    train_ds = _dataset(fn_args, tf_transform_output, config.batch_size, True, config.seed)
-    eval_ds = _dataset(fn_args, tf_transform_output, config.batch_size, False, config.seed)
-    counts = _label_counts(train_ds)
-    logger.info("training examples per grade: %s", counts)
+    train_ds, eval_ds, counts = datasets(fn_args, tf_transform_output, config)
     weights = class_weights(counts, config.class_weighting)
     if weights:
         logger.info("class weights: %s", {g: round(w, 3) for g, w in weights.items()})
     model, history, stats = train(config, train_ds, eval_ds, weights, sum(counts))
     stats["train_images_per_second"] = (
         stats["train_images"] / stats["train_seconds"] if stats["train_seconds"] else 0.0)
+    stats.update(fit_post_hoc(model, config, train_ds, eval_ds))
+    stats["config"] = dataclasses.asdict(config)
     export(model, tf_transform_output, fn_args.serving_model_dir, history, stats)
     logger.info("exported SavedModel to %s", fn_args.serving_model_dir)

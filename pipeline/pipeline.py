@@ -11,6 +11,7 @@ from components.anomaly_gate import AnomalyGate
 from components.model import ModelConfig, run_fn
 from components.preprocessing import preprocessing_fn
 from components.serving_pusher import ServingPusher
+from components.tuning import tuner_fn
 
 
 def _python_path(fn) -> str:
@@ -47,6 +48,50 @@ def create_pipeline(
       beam_pipeline_args: Beam options for the Beam-based components.
       metadata_connection_config: ML Metadata store; None lets the orchestrator decide.
     """
+    return _assemble(pipeline_name, pipeline_root, examples_dir, schema_path, model_config,
+                     eval_config, serving_dir, model_name, lineage, beam_pipeline_args,
+                     metadata_connection_config, with_tuner=False)
+
+
+def create_pipeline_with_tuner(
+    pipeline_name: str,
+    pipeline_root: str,
+    examples_dir: str,
+    schema_path: str,
+    model_config: ModelConfig,
+    eval_config: tfma.EvalConfig,
+    serving_dir: str,
+    model_name: str,
+    lineage: Dict[str, Any],
+    beam_pipeline_args: List[str],
+    metadata_connection_config: Optional[Any] = None,
+) -> tfx.dsl.Pipeline:
+    """The same pipeline with a Tuner between Transform and Trainer.
+
+    The Tuner (components/tuning.py) runs `model_config.tuner_trials` short trials on the
+    Transform output; the Trainer then trains with its best hyper-parameters in place of
+    the corresponding `model_config` values. Arguments as for `create_pipeline`.
+    """
+    return _assemble(pipeline_name, pipeline_root, examples_dir, schema_path, model_config,
+                     eval_config, serving_dir, model_name, lineage, beam_pipeline_args,
+                     metadata_connection_config, with_tuner=True)
+
+
+def _assemble(
+    pipeline_name: str,
+    pipeline_root: str,
+    examples_dir: str,
+    schema_path: str,
+    model_config: ModelConfig,
+    eval_config: tfma.EvalConfig,
+    serving_dir: str,
+    model_name: str,
+    lineage: Dict[str, Any],
+    beam_pipeline_args: List[str],
+    metadata_connection_config: Optional[Any],
+    with_tuner: bool,
+) -> tfx.dsl.Pipeline:
+    """Connects the components; `with_tuner` puts a Tuner ahead of the Trainer."""
     example_gen = tfx.components.ImportExampleGen(
         input_base=examples_dir,
         input_config=tfx.proto.Input(splits=[
@@ -73,14 +118,21 @@ def create_pipeline(
         custom_config={"image_size": model_config.image_size})
     transform.add_upstream_node(anomaly_gate)
 
-    trainer = tfx.components.Trainer(
-        run_fn=_python_path(run_fn),
+    data_args = dict(
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         train_args=tfx.proto.TrainArgs(splits=[features.TRAIN_SPLIT]),
         eval_args=tfx.proto.EvalArgs(splits=[features.EVAL_SPLIT]),
         custom_config=dataclasses.asdict(model_config))
+    tuning = []
+    if with_tuner:
+        # Short trials on the same data; the Trainer gets the best hyper-parameters.
+        tuner = tfx.components.Tuner(tuner_fn=_python_path(tuner_fn), **data_args)
+        data_args["hyperparameters"] = tuner.outputs["best_hyperparameters"]
+        tuning = [tuner]
+
+    trainer = tfx.components.Trainer(run_fn=_python_path(run_fn), **data_args)
 
     baseline_resolver = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
@@ -107,7 +159,8 @@ def create_pipeline(
         pipeline_name=pipeline_name,
         pipeline_root=pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, example_validator,
-                    anomaly_gate, transform, trainer, baseline_resolver, evaluator, pusher],
+                    anomaly_gate, transform, *tuning, trainer, baseline_resolver, evaluator,
+                    pusher],
         enable_cache=False,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args,

@@ -60,3 +60,41 @@ def test_imagenet_weights_load_from_a_local_file():
     # Fresh batch-norm statistics are exactly 1; ImageNet-trained ones are not.
     moving_variance = backbone.get_layer("bn_Conv1").moving_variance.numpy()
     assert not np.allclose(moving_variance, 1.0)
+
+
+def test_ordinal_head_gives_ordered_valid_probabilities():
+    net = model.build_model(model.ModelConfig(image_size=32, weights="none", head="ordinal"))
+    head = net.get_layer("logits")
+    images = np.random.default_rng(1).random((6, 32, 32, 1)).astype("float32")
+    probabilities = net(images, training=False).numpy()
+    assert probabilities.shape == (6, 5) and (probabilities >= 0).all()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+    # Even with gap parameters pushed negative, the cut-points stay increasing.
+    head.gaps.assign(-5.0 * np.ones(3, "float32"))
+    assert (np.diff(head.cut_points().numpy()) > 0).all()
+
+
+def test_ordinal_head_probabilities_follow_the_cumulative_link():
+    layer = model.OrdinalLogits(5)
+    features = np.array([[0.0], [3.0], [-3.0]], "float32")
+    layer.build(features.shape)
+    layer.kernel.assign([[1.0]])
+    cuts = layer.cut_points().numpy()
+    np.testing.assert_allclose(cuts, [-1.5, -0.5, 0.5, 1.5], atol=1e-3)
+    p = np.exp(layer(features).numpy())
+    sigmoid = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    above = sigmoid(features - cuts[None, :])  # P(grade > k)
+    np.testing.assert_allclose(p[:, 0], 1 - above[:, 0], rtol=1e-4)
+    np.testing.assert_allclose(p[:, 4], above[:, 3], rtol=1e-4)
+    # A higher severity score moves the mass to higher grades.
+    expected = p @ np.arange(5)
+    assert expected[1] > expected[0] > expected[2]
+
+
+def test_overrides_are_checked_like_the_config():
+    config = model.ModelConfig(image_size=64)
+    assert config.with_overrides({"head": "ordinal"}).head == "ordinal"
+    with pytest.raises(ValueError, match="head"):
+        config.with_overrides({"head": "regression"})
+    with pytest.raises(ValueError, match="ood_percentile"):
+        config.with_overrides({"ood_percentile": 0})
