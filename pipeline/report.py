@@ -38,6 +38,7 @@ def write_report(record: RunRecord, out_dir: str) -> Dict:
         "accuracy": grade_metrics["accuracy"],
         "qwk": grade_metrics["qwk"],
         "mae": grade_metrics["mae"],
+        "ece": grade_metrics.get("ece"),
         **{f"recall_grade_{g}": r for g, r in enumerate(grade_metrics["recall_per_grade"])},
         "eval_examples": grade_metrics["eval_examples"],
         "blessed": record.blessed,
