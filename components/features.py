@@ -35,3 +35,6 @@ PROBABILITIES_OUTPUT = "probabilities"  # float32 [N, 5], rows sum to 1
 GRADE_OUTPUT = "grade"  # int64 [N], argmax of probabilities
 EXPECTED_GRADE_OUTPUT = "expected_grade"  # float32 [N], sum_g g * p(g)
 HEATMAP_OUTPUT = "heatmap"  # float32 [N, H, W] in [0, 1], Grad-CAM of the grade
+# Out-of-distribution check; models exported before it lack both outputs.
+OOD_SCORE_OUTPUT = "ood_score"  # float32 [N]; > 1 means flagged
+OOD_FLAG_OUTPUT = "out_of_distribution"  # bool [N], ood_score > 1: do not use the grade

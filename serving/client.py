@@ -60,6 +60,11 @@ class Prediction:
         model_name: name of the model that answered.
         model_version: version of the model that answered (from the response).
         heatmap: float32 [H, W] in [0, 1] when an explanation was asked for.
+        out_of_distribution: the model flags the image as unlike the knee
+            radiographs it was trained on; its grade must not be used. False
+            when the model has no such check (models exported before it).
+        ood_score: the model's out-of-distribution score (> 1 is flagged), or
+            None when the model has no such check.
     """
 
     grade: int
@@ -70,6 +75,8 @@ class Prediction:
     model_name: str
     model_version: int
     heatmap: Optional[np.ndarray] = field(default=None, compare=False)
+    out_of_distribution: bool = False
+    ood_score: Optional[float] = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,20 @@ class ModelVersionStatus:
     version: int
     state: str
     error: str
+
+
+def _optional_rows(outputs, key, count, where):
+    """Returns output ``key`` as a length-``count`` vector, or None when absent.
+
+    Raises:
+        ServingError: the output is present but not one value per image.
+    """
+    if key not in outputs:
+        return None
+    values = np.asarray(outputs[key])
+    if values.shape != (count,):
+        raise ServingError(f"{where} returned {key} of shape {values.shape}, expected {(count,)}")
+    return values
 
 
 class ServingClient:
@@ -203,6 +224,9 @@ class ServingClient:
                 f"{where} returned probabilities of shape {probabilities.shape}, "
                 f"expected {(count, features.NUM_GRADES)}")
         heatmaps = outputs.get(features.HEATMAP_OUTPUT) if signature == features.GRADCAM_SIGNATURE else None
+        # Optional outputs: older models lack them, which means "not checked".
+        ood_scores = _optional_rows(outputs, features.OOD_SCORE_OUTPUT, count, where)
+        ood_flags = _optional_rows(outputs, features.OOD_FLAG_OUTPUT, count, where)
         model_name = response.model_spec.name or self.model_name
         model_version = int(response.model_spec.version.value)
         predictions = []
@@ -219,7 +243,9 @@ class ServingClient:
                 confidence=probs[grade],
                 model_name=model_name,
                 model_version=model_version,
-                heatmap=None if heatmaps is None else np.asarray(heatmaps[row], dtype=np.float32)))
+                heatmap=None if heatmaps is None else np.asarray(heatmaps[row], dtype=np.float32),
+                out_of_distribution=False if ood_flags is None else bool(ood_flags[row]),
+                ood_score=None if ood_scores is None else float(ood_scores[row])))
         return predictions
 
     def _call(self, method, request, what):

@@ -12,6 +12,13 @@ before, or without, a training run:
   the normalised gradient of the predicted grade's probability with respect to
   the input pixels (a saliency map, computed for real by the model).
 
+With ``ood=True`` every signature also returns ``ood_score`` [N] and
+``out_of_distribution`` [N] (``ood_score > 1``), as the trained model does. The
+example model's score is the mean colour saturation of the image divided by
+``OOD_SATURATION_LIMIT``: a gray radiograph scores 0, a strongly coloured
+picture is flagged. Without ``ood`` the model looks like one exported before
+that check existed.
+
 The grading head is a fixed random linear layer (``backbone="linear"``) or a
 randomly initialised MobileNetV2 (``backbone="mobilenet_v2"``, for realistic
 inference cost in benchmarks). Different seeds give different outputs, which
@@ -31,8 +38,11 @@ from components import features
 
 _LOG = logging.getLogger(__name__)
 
+# Mean (max channel - min channel) of an image, in [0, 1], that scores exactly 1.
+OOD_SATURATION_LIMIT = 0.25
 
-def _build_module(tf, seed: int, image_size: int, backbone: str):
+
+def _build_module(tf, seed: int, image_size: int, backbone: str, ood: bool):
     rng = np.random.default_rng(seed)
 
     class GradingModel(tf.Module):
@@ -70,29 +80,40 @@ def _build_module(tf, seed: int, image_size: int, backbone: str):
                 return tf.matmul(flat, self.weights) + self.bias
             return self.network(tf.image.grayscale_to_rgb(images) * 2.0 - 1.0, training=False)
 
-        def outputs(self, images):
+        def saturation(self, image_bytes):
+            def one(data):
+                image = tf.io.decode_image(data, channels=3, dtype=tf.float32, expand_animations=False)
+                return tf.reduce_mean(tf.reduce_max(image, axis=-1) - tf.reduce_min(image, axis=-1))
+            return tf.map_fn(one, image_bytes, fn_output_signature=tf.TensorSpec([], tf.float32))
+
+        def outputs(self, images, image_bytes):
             probabilities = tf.nn.softmax(self.logits(images))
             grades = tf.argmax(probabilities, axis=1, output_type=tf.int64)
             expected = tf.reduce_sum(probabilities * tf.range(features.NUM_GRADES, dtype=tf.float32), axis=1)
-            return {features.PROBABILITIES_OUTPUT: probabilities, features.GRADE_OUTPUT: grades,
-                    features.EXPECTED_GRADE_OUTPUT: expected}
+            result = {features.PROBABILITIES_OUTPUT: probabilities, features.GRADE_OUTPUT: grades,
+                      features.EXPECTED_GRADE_OUTPUT: expected}
+            if ood:
+                score = self.saturation(image_bytes) / OOD_SATURATION_LIMIT
+                result[features.OOD_SCORE_OUTPUT] = score
+                result[features.OOD_FLAG_OUTPUT] = score > 1.0
+            return result
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.SERVING_INPUT)])
         def serve(self, image_bytes):
-            return self.outputs(self.decode(image_bytes))
+            return self.outputs(self.decode(image_bytes), image_bytes)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.EXAMPLES_INPUT)])
         def from_examples(self, examples):
             parsed = tf.io.parse_example(
                 examples, {features.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string)})
-            return self.outputs(self.decode(parsed[features.IMAGE_KEY]))
+            return self.outputs(self.decode(parsed[features.IMAGE_KEY]), parsed[features.IMAGE_KEY])
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.SERVING_INPUT)])
         def gradcam(self, image_bytes):
             images = self.decode(image_bytes)
             with tf.GradientTape() as tape:
                 tape.watch(images)
-                result = self.outputs(images)
+                result = self.outputs(images, image_bytes)
                 chosen = tf.reduce_sum(
                     result[features.PROBABILITIES_OUTPUT]
                     * tf.one_hot(result[features.GRADE_OUTPUT], features.NUM_GRADES), axis=1)
@@ -105,7 +126,7 @@ def _build_module(tf, seed: int, image_size: int, backbone: str):
 
 
 def write_example_model(export_dir: str, *, seed: int = 0, image_size: int = 32,
-                        backbone: str = "linear") -> str:
+                        backbone: str = "linear", ood: bool = False) -> str:
     """Writes a SavedModel with the project's three signatures.
 
     The model is written to a temporary sibling directory and renamed into
@@ -116,6 +137,7 @@ def write_example_model(export_dir: str, *, seed: int = 0, image_size: int = 32,
         seed: weights' random seed (different seeds, different predictions).
         image_size: side of the square the images are resized to.
         backbone: ``"linear"`` (tiny, fast) or ``"mobilenet_v2"`` (α=0.35, random weights).
+        ood: also return ``ood_score`` and ``out_of_distribution`` (see module docstring).
 
     Returns:
         ``export_dir``.
@@ -129,7 +151,7 @@ def write_example_model(export_dir: str, *, seed: int = 0, image_size: int = 32,
         raise FileExistsError(f"{export_dir} already exists")
     parent = os.path.dirname(os.path.abspath(export_dir))
     os.makedirs(parent, exist_ok=True)
-    module = _build_module(tf, seed, image_size, backbone)
+    module = _build_module(tf, seed, image_size, backbone, ood)
     signatures = {
         features.SERVING_SIGNATURE: module.serve.get_concrete_function(),
         features.EXAMPLES_SIGNATURE: module.from_examples.get_concrete_function(),
@@ -142,7 +164,7 @@ def write_example_model(export_dir: str, *, seed: int = 0, image_size: int = 32,
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _LOG.info("Wrote example model (%s, seed %d) to %s", backbone, seed, export_dir)
+    _LOG.info("Wrote example model (%s, seed %d, ood outputs %s) to %s", backbone, seed, ood, export_dir)
     return export_dir
 
 

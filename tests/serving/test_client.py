@@ -1,16 +1,18 @@
 """serving.client against the conformance server, and its failure behaviour."""
 
+import io
 import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from components import features
 from serving.client import (InvalidInputError, ModelNotFoundError, ModelUnavailableError,
                             ModelVersionStatus, Prediction, ServingClient, ServingError)
-from serving_fixtures import REPO_ROOT, free_port, jpeg_bytes, png_bytes
+from serving_fixtures import REPO_ROOT, free_port, jpeg_bytes, png_bytes, start_server
 
 IMAGES = [png_bytes(21), jpeg_bytes(22), png_bytes(23, bits=16)]
 
@@ -33,6 +35,8 @@ def test_predict_returns_typed_prediction(client, reference):
     assert prediction.confidence == prediction.probabilities[prediction.grade]
     assert prediction.expected_grade == pytest.approx(float(expected["expected_grade"][0]), rel=1e-5)
     assert prediction.heatmap is None
+    # The conformance models predate the out-of-distribution check: "not checked".
+    assert prediction.out_of_distribution is False and prediction.ood_score is None
 
 
 def test_predict_with_explanation_and_version(client, reference):
@@ -53,6 +57,40 @@ def test_predict_many_is_one_batch_in_order(client, reference):
     for prediction, row in zip(predictions, expected):
         np.testing.assert_allclose(prediction.probabilities, row, rtol=1e-5)
     assert client.predict_many([]) == []
+
+
+def _colour_png(rgb) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 40), rgb).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def ood_client(tmp_path_factory):
+    """A client of a server whose model also returns the out-of-distribution outputs."""
+    from serving import example_model
+
+    root = tmp_path_factory.mktemp("ood")
+    example_model.write_example_model(str(root / "koa" / "1"), seed=3, ood=True)
+    process, target, _ = start_server(root, ["--model_name=koa", f"--model_base_path={root / 'koa'}"])
+    try:
+        with ServingClient(target, "koa", timeout=30) as c:
+            yield c
+    finally:
+        assert process.stop() == 0, process.log()[-3000:]
+
+
+def test_out_of_distribution_outputs_are_read(ood_client):
+    gray, red = png_bytes(31), _colour_png((255, 0, 0))
+
+    plain, flagged = ood_client.predict_many([gray, red])
+    explained = ood_client.predict(red, explain=True)
+
+    assert plain.out_of_distribution is False and plain.ood_score == pytest.approx(0.0, abs=1e-6)
+    assert flagged.out_of_distribution is True and flagged.ood_score == pytest.approx(4.0, rel=1e-5)
+    assert explained.out_of_distribution is True and explained.heatmap is not None
+    # The grade is still reported; refusing to show it is the caller's decision.
+    assert 0 <= flagged.grade < features.NUM_GRADES
 
 
 def test_model_status(client):
