@@ -63,6 +63,9 @@ def _apply_result(prediction: Prediction, image_row: PredictionImage, result) ->
     prediction.model_version = int(result.model_version)
     prediction.model_pushed_at = (card or {}).get("pushed_at")
     prediction.data_version = model_card.data_version(card)
+    # A model without the check gives False and no score (stored as NULL).
+    prediction.out_of_distribution = bool(result.out_of_distribution)
+    prediction.ood_score = None if result.ood_score is None else float(result.ood_score)
     image_row.heatmap_png = (
         heatmap.overlay_png(result.heatmap) if result.heatmap is not None else None
     )
@@ -125,11 +128,12 @@ def grade_upload(
     session.add(prediction)
     session.commit()
     logger.info(
-        "prediction %s by user %s: %s grade=%s",
+        "prediction %s by user %s: %s grade=%s out_of_distribution=%s",
         prediction.id,
         user.id,
         prediction.status,
         prediction.grade,
+        prediction.out_of_distribution,
     )
     return prediction
 

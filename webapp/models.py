@@ -124,6 +124,9 @@ class Prediction(Base):
     model_version: Mapped[Optional[int]] = mapped_column(sa.BigInteger, nullable=True)
     model_pushed_at: Mapped[Optional[str]] = mapped_column(sa.String(40), nullable=True)
     data_version: Mapped[Optional[str]] = mapped_column(sa.String(80), nullable=True)
+    # The model's out-of-distribution check; NULL when the model had none.
+    out_of_distribution: Mapped[Optional[bool]] = mapped_column(sa.Boolean, nullable=True)
+    ood_score: Mapped[Optional[float]] = mapped_column(sa.Float, nullable=True)
 
     user: Mapped[User] = relationship()
     image: Mapped["PredictionImage"] = relationship(
@@ -133,6 +136,16 @@ class Prediction(Base):
     @property
     def is_done(self) -> bool:
         return self.status == STATUS_DONE
+
+    @property
+    def is_flagged(self) -> bool:
+        """The model flagged the image as out-of-distribution: its grade must not be shown."""
+        return self.is_done and bool(self.out_of_distribution)
+
+    @property
+    def is_graded(self) -> bool:
+        """A grade exists and may be presented as a result."""
+        return self.is_done and not self.out_of_distribution
 
 
 class PredictionImage(Base):

@@ -20,7 +20,7 @@ from webapp.forms import ConfirmForm, UploadForm
 from webapp.image_errors import ImageError
 from webapp.models import STATUS_DONE, PredictionImage, utcnow
 from webapp.queries import get_visible_prediction
-from webapp.serialize import prediction_json
+from webapp.serialize import NOT_GRADED_MESSAGE, prediction_json
 
 bp = Blueprint("predict", __name__)
 
@@ -37,7 +37,11 @@ UNAVAILABLE_MESSAGE = (
 
 @bp.app_context_processor
 def _template_globals():
-    return {"grade_names": GRADE_NAMES, "caution": CAUTION}
+    return {
+        "grade_names": GRADE_NAMES,
+        "caution": CAUTION,
+        "not_graded_message": NOT_GRADED_MESSAGE,
+    }
 
 
 @bp.route("/")
@@ -105,8 +109,14 @@ def create():
     return render_template("predict/batch.html", outcomes=outcomes), status
 
 
-def _has_heatmap(session, prediction_id: int) -> bool:
-    """Asks the database, without loading the image blobs, whether there is a heatmap."""
+def _has_heatmap(session, prediction) -> bool:
+    """Whether to show a heatmap: there is one, and it explains a grade that is shown.
+
+    Asks the database without loading the image blobs.
+    """
+    if prediction.is_flagged:
+        return False
+    prediction_id = prediction.id
     return bool(
         session.scalar(
             sa.select(PredictionImage.heatmap_png.is_not(None)).where(
@@ -129,7 +139,7 @@ def result(prediction_id: int):
     return render_template(
         "predict/result.html",
         prediction=prediction,
-        has_heatmap=_has_heatmap(session, prediction_id),
+        has_heatmap=_has_heatmap(session, prediction),
         retry_form=ConfirmForm(),
     )
 
@@ -148,7 +158,7 @@ def report(prediction_id: int):
     return render_template(
         "predict/report.html",
         prediction=prediction,
-        has_heatmap=_has_heatmap(get_session(), prediction_id),
+        has_heatmap=_has_heatmap(get_session(), prediction),
         now_utc=utcnow().strftime("%Y-%m-%d %H:%M UTC"),
     )
 

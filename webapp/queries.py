@@ -96,7 +96,10 @@ def history_query(user: User, flt: HistoryFilter) -> sa.Select:
             conditions.append(Prediction.id == int(flt.text.lstrip("#")))
         query = query.where(sa.or_(*conditions))
     if flt.grade is not None:
-        query = query.where(Prediction.grade == flt.grade)
+        # A flagged image's grade is not a result, so it never matches a grade filter.
+        query = query.where(
+            Prediction.grade == flt.grade, Prediction.out_of_distribution.is_not(True)
+        )
     if flt.status:
         query = query.where(Prediction.status == flt.status)
     if flt.date_from:

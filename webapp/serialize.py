@@ -7,11 +7,16 @@ from flask import url_for
 from components.features import GRADE_NAMES
 from webapp.models import Prediction
 
+# Shown instead of the grade when the model flags the image as out-of-distribution.
+NOT_GRADED_MESSAGE = (
+    "Not graded: this image does not look like a knee radiograph the model was trained on"
+)
+
 CSV_COLUMNS = (
     ["id", "created_at", "user", "file", "format", "status", "grade", "grade_name"]
     + [f"p_{name.lower()}" for name in GRADE_NAMES]
     + ["expected_grade", "confidence", "model_name", "model_version", "model_pushed_at"]
-    + ["data_version", "attempts", "error"]
+    + ["data_version", "attempts", "error", "out_of_distribution", "ood_score"]
 )
 
 
@@ -31,12 +36,9 @@ def prediction_json(prediction: Prediction) -> dict:
     }
     if prediction.is_done:
         body.update(
-            grade=prediction.grade,
-            grade_name=prediction.grade_name,
-            probabilities=list(prediction.probabilities),
-            grade_names=list(GRADE_NAMES),
-            expected_grade=prediction.expected_grade,
-            confidence=prediction.confidence,
+            graded=prediction.is_graded,
+            out_of_distribution=prediction.out_of_distribution,
+            ood_score=prediction.ood_score,
             model={
                 "name": prediction.model_name,
                 "version": prediction.model_version,
@@ -44,6 +46,19 @@ def prediction_json(prediction: Prediction) -> dict:
                 "data_version": prediction.data_version,
             },
         )
+        if prediction.is_graded:
+            body.update(
+                grade=prediction.grade,
+                grade_name=prediction.grade_name,
+                probabilities=list(prediction.probabilities),
+                grade_names=list(GRADE_NAMES),
+                expected_grade=prediction.expected_grade,
+                confidence=prediction.confidence,
+            )
+        else:
+            # The model flagged the image: its grade is kept in the database for
+            # audit but never handed out as a result.
+            body["not_graded_reason"] = NOT_GRADED_MESSAGE
     else:
         body.update(
             error=prediction.error,
@@ -62,7 +77,9 @@ def _csv_safe(value):
 def prediction_csv_rows(predictions: Iterable[Prediction]) -> Iterable[List]:
     """CSV rows (matching CSV_COLUMNS) for ``predictions``."""
     for p in predictions:
-        probs = list(p.probabilities) if p.probabilities else [None] * len(GRADE_NAMES)
+        # A flagged image's grade is not a result: leave its grade columns empty.
+        graded = not p.is_flagged
+        probs = list(p.probabilities) if p.probabilities and graded else [None] * len(GRADE_NAMES)
         row = [
             p.id,
             p.created_at.isoformat(timespec="seconds") + "Z",
@@ -70,16 +87,18 @@ def prediction_csv_rows(predictions: Iterable[Prediction]) -> Iterable[List]:
             p.original_filename,
             p.source_format,
             p.status,
-            p.grade,
-            p.grade_name,
+            p.grade if graded else None,
+            p.grade_name if graded else None,
             *[None if v is None else round(float(v), 6) for v in probs],
-            None if p.expected_grade is None else round(p.expected_grade, 4),
-            None if p.confidence is None else round(p.confidence, 6),
+            None if p.expected_grade is None or not graded else round(p.expected_grade, 4),
+            None if p.confidence is None or not graded else round(p.confidence, 6),
             p.model_name,
             p.model_version,
             p.model_pushed_at,
             p.data_version,
             p.attempts,
             p.error,
+            p.out_of_distribution,
+            None if p.ood_score is None else round(p.ood_score, 4),
         ]
         yield [_csv_safe(v) for v in row]

@@ -8,6 +8,11 @@ The model decodes the image bytes, shrinks them to 32x32 inside the graph (as th
 real model resizes inside its graph), runs one convolution and a dense softmax
 layer with fixed seeded weights. ``gradcam`` computes a real Grad-CAM of the
 predicted grade over the convolution's output.
+
+Like the trained model, every signature also returns ``ood_score`` and
+``out_of_distribution`` (``ood_score > 1``). Here the score is the image's mean
+colour saturation (max minus min channel) over ``OOD_SATURATION_LIMIT``: gray
+images score 0, strongly coloured ones (``webapp_images.colour_png``) are flagged.
 """
 
 import os
@@ -24,6 +29,7 @@ from components import features  # noqa: E402
 SIZE = 32
 GRADE_CENTRES = [0.1, 0.3, 0.5, 0.7, 0.9]
 CHANNELS = 1 + len(GRADE_CENTRES)
+OOD_SATURATION_LIMIT = 0.25
 
 
 def _build_module(seed: int):
@@ -57,6 +63,17 @@ def _build_module(seed: int):
                 decode, image_bytes, fn_output_signature=tf.TensorSpec([SIZE, SIZE, 1], tf.float32)
             )
 
+        def _ood_scores(self, image_bytes):
+            def saturation(one):
+                image = tf.image.convert_image_dtype(
+                    tf.io.decode_image(one, channels=3, expand_animations=False), tf.float32
+                )
+                return tf.reduce_mean(tf.reduce_max(image, axis=-1) - tf.reduce_min(image, axis=-1))
+
+            return tf.map_fn(
+                saturation, image_bytes, fn_output_signature=tf.TensorSpec([], tf.float32)
+            ) / OOD_SATURATION_LIMIT
+
         def _head(self, conv):
             pooled = tf.reduce_mean(conv, axis=[1, 2])
             return tf.nn.softmax(tf.matmul(pooled, self.dense) + self.dense_bias)
@@ -66,18 +83,21 @@ def _build_module(seed: int):
                 tf.nn.conv2d(images, self.kernel, strides=1, padding="SAME") + self.bias
             )
 
-        def _outputs(self, probabilities):
+        def _outputs(self, probabilities, image_bytes):
+            scores = self._ood_scores(image_bytes)
             grades = tf.argmax(probabilities, axis=1, output_type=tf.int64)
             expected = tf.reduce_sum(probabilities * tf.range(5, dtype=tf.float32), axis=1)
             return {
                 features.PROBABILITIES_OUTPUT: probabilities,
                 features.GRADE_OUTPUT: grades,
                 features.EXPECTED_GRADE_OUTPUT: expected,
+                features.OOD_SCORE_OUTPUT: scores,
+                features.OOD_FLAG_OUTPUT: scores > 1.0,
             }
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.SERVING_INPUT)])
         def serve(self, image_bytes):
-            return self._outputs(self._head(self._conv(self._images(image_bytes))))
+            return self._outputs(self._head(self._conv(self._images(image_bytes))), image_bytes)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.SERVING_INPUT)])
         def gradcam(self, image_bytes):
@@ -93,7 +113,7 @@ def _build_module(seed: int):
             cam = tf.nn.relu(tf.reduce_sum(weights * conv, axis=-1))
             peak = tf.reduce_max(cam, axis=[1, 2], keepdims=True)
             heat = tf.math.divide_no_nan(cam, peak)
-            outputs = self._outputs(probabilities)
+            outputs = self._outputs(probabilities, image_bytes)
             outputs[features.HEATMAP_OUTPUT] = heat
             return outputs
 

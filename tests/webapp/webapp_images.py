@@ -32,6 +32,14 @@ def png_of_grade(grade: int, size: int = 64) -> bytes:
     return png_bytes(np.full((size, size), value, dtype=np.uint8))
 
 
+def colour_png(size: int = 64) -> bytes:
+    """A saturated orange RGB PNG: nothing like a radiograph; the tiny model flags it."""
+    pixels = np.zeros((size, size, 3), dtype=np.uint8)
+    pixels[..., 0] = 240
+    pixels[..., 1] = 120
+    return png_bytes(pixels)
+
+
 def gradient_png(size: int = 96) -> bytes:
     ramp = np.tile(np.linspace(0, 255, size, dtype=np.float64), (size, 1))
     return png_bytes(np.rint(ramp).astype(np.uint8))
