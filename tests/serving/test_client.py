@@ -77,7 +77,8 @@ def ood_client(tmp_path_factory):
         with ServingClient(target, "koa", timeout=30) as c:
             yield c
     finally:
-        assert process.stop() == 0, process.log()[-3000:]
+        # Graceful shutdown is asserted by test_server_lifecycle; here it only cleans up.
+        process.stop()
 
 
 def test_out_of_distribution_outputs_are_read(ood_client):
