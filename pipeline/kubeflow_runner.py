@@ -5,6 +5,7 @@ installed on a TFX 1.16 base image; the pipeline root and the serving directory 
 storage the cluster can reach (gs://, s3:// through a mounted volume, ...).
 """
 
+import dataclasses
 import logging
 import os
 
@@ -38,9 +39,7 @@ def compile_pipeline(params: Params, output_file: str, image: str, pipeline_root
         # The schema ships inside the installed package, at the same path in the image.
         schema_path=configs.SCHEMA_PATH,
         model_config=params.model,
-        eval_config=evaluation.build_eval_config(
-            params.gate.recall_lower_bounds, params.gate.accuracy_lower_bound,
-            params.gate.max_accuracy_drop),
+        eval_config=evaluation.build_eval_config(**dataclasses.asdict(params.gate)),
         serving_dir=serving_dir,
         model_name=configs.MODEL_NAME,
         lineage={"data_source": examples_dir},

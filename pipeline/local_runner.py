@@ -1,5 +1,6 @@
 """Runs the pipeline on this machine: LocalDagRunner, Beam DirectRunner, SQLite MLMD."""
 
+import dataclasses
 import logging
 import os
 from typing import List
@@ -51,9 +52,7 @@ def run(params: Params, project_dir: str = ".") -> RunRecord:
         examples_dir=examples_dir,
         schema_path=configs.SCHEMA_PATH,
         model_config=params.model,
-        eval_config=evaluation.build_eval_config(
-            params.gate.recall_lower_bounds, params.gate.accuracy_lower_bound,
-            params.gate.max_accuracy_drop),
+        eval_config=evaluation.build_eval_config(**dataclasses.asdict(params.gate)),
         serving_dir=os.path.join(path(configs.SERVING_MODEL_DIR), configs.MODEL_NAME),
         model_name=configs.MODEL_NAME,
         lineage=lineage.collect(path("."), examples_dir, path(params.data.source),
