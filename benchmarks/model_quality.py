@@ -52,13 +52,13 @@ def _probe_scores(version_dir: str, eval_dir: str, image_size: int) -> dict:
     import numpy as np
     import tensorflow as tf
 
-    from components import features, model, non_knee
+    from components import features, non_knee
 
     served = tf.saved_model.load(version_dir)
     serve = served.signatures[features.SERVING_SIGNATURE]
     probes = non_knee.probe_images(size=image_size, seed=0)
     out = serve(image_bytes=tf.constant(list(probes.values())))
-    scores = dict(zip(probes, (float(s) for s in out[model.OOD_SCORE_OUTPUT].numpy())))
+    scores = dict(zip(probes, (float(s) for s in out[features.OOD_SCORE_OUTPUT].numpy())))
 
     files = glob.glob(os.path.join(eval_dir, "*"))
     records = [bytes(r.numpy()) for r in tf.data.TFRecordDataset(files)]
@@ -67,7 +67,7 @@ def _probe_scores(version_dir: str, eval_dir: str, image_size: int) -> dict:
     knee_scores = []
     for start in range(0, len(images), 64):
         batch = serve(image_bytes=tf.constant(images[start:start + 64]))
-        knee_scores.extend(batch[model.OOD_SCORE_OUTPUT].numpy().tolist())
+        knee_scores.extend(batch[features.OOD_SCORE_OUTPUT].numpy().tolist())
     knee_scores = np.array(knee_scores)
     return {
         "probe_scores": scores,

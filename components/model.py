@@ -26,10 +26,6 @@ _LOGITS = "logits"
 _HISTORY_FILE = "training_history.json"
 HEADS = ("softmax", "ordinal")
 
-# Outputs added to every signature (to move into components/features.py beside the others).
-OOD_SCORE_OUTPUT = "ood_score"  # float32 [N]: > 1 flagged (components/ood.py)
-OOD_FLAG_OUTPUT = "out_of_distribution"  # bool [N]: ood_score > 1, the grade is not to be used
-
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
@@ -392,8 +388,8 @@ def _serving_signatures(model: keras.Model, tf_transform_output) -> Dict:
             features.PROBABILITIES_OUTPUT: probabilities,
             features.GRADE_OUTPUT: tf.argmax(probabilities, axis=-1),
             features.EXPECTED_GRADE_OUTPUT: tf.reduce_sum(probabilities * grades, axis=-1),
-            OOD_SCORE_OUTPUT: ood_score,
-            OOD_FLAG_OUTPUT: ood_score > 1.0,
+            features.OOD_SCORE_OUTPUT: ood_score,
+            features.OOD_FLAG_OUTPUT: ood_score > 1.0,
         }
 
     image_input = tf.TensorSpec([None], tf.string, name=features.SERVING_INPUT)
