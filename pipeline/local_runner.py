@@ -10,7 +10,7 @@ from tfx import v1 as tfx
 from components import evaluation
 from pipeline import configs, lineage
 from pipeline.params import Params
-from pipeline.pipeline import create_pipeline
+from pipeline.pipeline import create_pipeline, create_pipeline_with_tuner
 from pipeline.run_record import RunRecord, latest_run
 
 logger = logging.getLogger(__name__)
@@ -26,12 +26,13 @@ def beam_args(workers: int) -> List[str]:
     return [f"--direct_running_mode={mode}", f"--direct_num_workers={workers}"]
 
 
-def run(params: Params, project_dir: str = ".") -> RunRecord:
+def run(params: Params, project_dir: str = ".", tune: bool = False) -> RunRecord:
     """Runs the whole pipeline on the ingested data and returns what it produced.
 
     Args:
       params: settings from params.yaml.
       project_dir: the project root; all default locations are relative to it.
+      tune: run the pipeline with a Tuner ahead of the Trainer (model.tuner_* params).
 
     Returns:
       The run's record (also written to configs.RUN_RECORD).
@@ -46,7 +47,8 @@ def run(params: Params, project_dir: str = ".") -> RunRecord:
     metadata_path = path(configs.METADATA_PATH)
     os.makedirs(os.path.dirname(metadata_path), exist_ok=True)
 
-    pipeline = create_pipeline(
+    factory = create_pipeline_with_tuner if tune else create_pipeline
+    pipeline = factory(
         pipeline_name=configs.PIPELINE_NAME,
         pipeline_root=path(configs.PIPELINE_ROOT),
         examples_dir=examples_dir,
