@@ -6,6 +6,7 @@ so validation, error codes and messages are identical on both, and worded as
 TensorFlow Serving words them.
 """
 
+import contextlib
 import logging
 import time
 
@@ -47,6 +48,24 @@ class ApiHandler:
         self._metrics = metrics
         self._p = protos.load()
 
+    @contextlib.contextmanager
+    def _observed(self, spec, signature_name: str, api: str, method: str):
+        """Counts and times one request in the metrics, by the status it ends with."""
+        started = time.perf_counter()
+        if self._metrics is not None:
+            self._metrics.request_started()
+        served = {"version": ""}
+        code = grpc.StatusCode.OK
+        try:
+            yield served
+        except status.ServingStatusError as e:
+            code = e.code
+            raise
+        finally:
+            if self._metrics is not None:
+                self._metrics.observe_request(spec.name, served["version"], signature_name, api,
+                                              method, code.name, time.perf_counter() - started)
+
     # -- Predict -----------------------------------------------------------
 
     def predict(self, request, api: str = "grpc"):
@@ -55,16 +74,11 @@ class ApiHandler:
         Raises:
             status.ServingStatusError: with TensorFlow Serving's code and text.
         """
-        started = time.perf_counter()
-        if self._metrics is not None:
-            self._metrics.request_started()
         spec = request.model_spec
         signature_name = spec.signature_name or DEFAULT_SIGNATURE
-        version = ""
-        code = grpc.StatusCode.OK
-        try:
+        with self._observed(spec, signature_name, api, "predict") as served:
             servable = self._manager.resolve(spec)
-            version = str(servable.version)
+            served["version"] = str(servable.version)
             signature = servable.signature_defs.get(signature_name)
             if signature is None:
                 raise status.ServingStatusError(
@@ -91,13 +105,6 @@ class ApiHandler:
                 response.outputs[alias].CopyFrom(
                     tensors.to_tensor_proto(array, tensor_proto, dtype, as_content=False))
             return response
-        except status.ServingStatusError as e:
-            code = e.code
-            raise
-        finally:
-            if self._metrics is not None:
-                self._metrics.observe_request(spec.name, version, signature_name, api, "predict",
-                                              code.name, time.perf_counter() - started)
 
     def _predict_inputs(self, signature, request) -> dict:
         if len(request.inputs) != len(signature.inputs):
@@ -166,16 +173,11 @@ class ApiHandler:
         Raises:
             status.ServingStatusError: with TensorFlow Serving's code and text.
         """
-        started = time.perf_counter()
-        if self._metrics is not None:
-            self._metrics.request_started()
         spec = request.model_spec
         signature_name = spec.signature_name or DEFAULT_SIGNATURE
-        version = ""
-        code = grpc.StatusCode.OK
-        try:
+        with self._observed(spec, signature_name, api, "classify") as served:
             servable = self._manager.resolve(spec)
-            version = str(servable.version)
+            served["version"] = str(servable.version)
             signature = servable.signature_defs.get(signature_name)
             if signature is None:
                 raise status.invalid_argument(f"No signature was found with the name: {signature_name}")
@@ -200,13 +202,6 @@ class ApiHandler:
             response.model_spec.signature_name = signature_name
             self._fill_classifications(response.result, outputs, len(examples))
             return response
-        except status.ServingStatusError as e:
-            code = e.code
-            raise
-        finally:
-            if self._metrics is not None:
-                self._metrics.observe_request(spec.name, version, signature_name, api, "classify",
-                                              code.name, time.perf_counter() - started)
 
     def _serialized_examples(self, input_proto) -> list:
         kind = input_proto.WhichOneof("kind")
