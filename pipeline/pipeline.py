@@ -53,28 +53,15 @@ def create_pipeline(
                      metadata_connection_config, with_tuner=False)
 
 
-def create_pipeline_with_tuner(
-    pipeline_name: str,
-    pipeline_root: str,
-    examples_dir: str,
-    schema_path: str,
-    model_config: ModelConfig,
-    eval_config: tfma.EvalConfig,
-    serving_dir: str,
-    model_name: str,
-    lineage: Dict[str, Any],
-    beam_pipeline_args: List[str],
-    metadata_connection_config: Optional[Any] = None,
-) -> tfx.dsl.Pipeline:
+def create_pipeline_with_tuner(**settings) -> tfx.dsl.Pipeline:
     """The same pipeline with a Tuner between Transform and Trainer.
 
-    The Tuner (components/tuning.py) runs `model_config.tuner_trials` short trials on the
-    Transform output; the Trainer then trains with its best hyper-parameters in place of
-    the corresponding `model_config` values. Arguments as for `create_pipeline`.
+    Takes exactly `create_pipeline`'s arguments, by keyword. The Tuner
+    (components/tuning.py) runs `model_config.tuner_trials` short trials on the Transform
+    output; the Trainer then trains with its best hyper-parameters in place of the
+    corresponding `model_config` values.
     """
-    return _assemble(pipeline_name, pipeline_root, examples_dir, schema_path, model_config,
-                     eval_config, serving_dir, model_name, lineage, beam_pipeline_args,
-                     metadata_connection_config, with_tuner=True)
+    return _assemble(**settings, with_tuner=True)
 
 
 def _assemble(
@@ -88,7 +75,8 @@ def _assemble(
     model_name: str,
     lineage: Dict[str, Any],
     beam_pipeline_args: List[str],
-    metadata_connection_config: Optional[Any],
+    metadata_connection_config: Optional[Any] = None,
+    *,
     with_tuner: bool,
 ) -> tfx.dsl.Pipeline:
     """Connects the components; `with_tuner` puts a Tuner ahead of the Trainer."""
