@@ -8,6 +8,7 @@ import dataclasses
 import json
 import logging
 import os
+import platform
 import time
 from typing import Dict, List, Optional
 
@@ -16,7 +17,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 from tfx_bsl.public import tfxio
 
-from components import calibration, features, ood
+from components import calibration, features, grade_offsets, ood
 
 keras = tf.keras
 logger = logging.getLogger(__name__)
@@ -51,6 +52,11 @@ class ModelConfig:
         export it (the served probabilities are the calibrated ones).
       ood_percentile: validation-distance percentile used as the out-of-distribution
         threshold (components/ood.py).
+      tta: test-time augmentation: every signature averages the logits of the image and
+        of its horizontal mirror (a right knee looks like a mirrored left one).
+      recall_floor: when > 0, per-grade logit offsets are fitted on the validation split
+        so that every grade's recall reaches this floor where it can, at the least cost in
+        accuracy (components/grade_offsets.py), and exported.
       tuner_trials: hyper-parameter combinations the Tuner tries (pipeline with tuner).
       tuner_epochs: fine-tune epochs of each Tuner trial.
     """
@@ -71,6 +77,8 @@ class ModelConfig:
     head: str = "softmax"
     calibrate: bool = True
     ood_percentile: float = 99.0
+    tta: bool = False
+    recall_floor: float = 0.0
     tuner_trials: int = 4
     tuner_epochs: int = 2
 
@@ -90,6 +98,8 @@ class ModelConfig:
             raise ValueError(f"head must be one of {HEADS}, got {config.head!r}")
         if not 0.0 < config.ood_percentile <= 100.0:
             raise ValueError(f"ood_percentile must be in (0, 100], got {config.ood_percentile}")
+        if not 0.0 <= config.recall_floor <= 1.0:
+            raise ValueError(f"recall_floor must be in [0, 1], got {config.recall_floor}")
         if config.tuner_trials < 1 or config.tuner_epochs < 1:
             raise ValueError("tuner_trials and tuner_epochs must be at least 1")
         return config
@@ -311,16 +321,32 @@ def _features_and_logits(model: keras.Model, images: tf.Tensor, feature_map=None
     return feature_map, pooled, model.get_layer(_LOGITS)(pooled)
 
 
-def _collect(model: keras.Model, dataset: tf.data.Dataset):
-    """Pooled features, logits and labels of a whole dataset, as numpy arrays."""
-    forward = tf.function(lambda images: _features_and_logits(model, images)[1:])
-    pooled, logits, labels = [], [], []
+def _mirrored_logits(model: keras.Model, images: tf.Tensor) -> tf.Tensor:
+    return _features_and_logits(model, tf.image.flip_left_right(images))[2]
+
+
+def _with_tta(model: keras.Model, images: tf.Tensor, logits: tf.Tensor, tta: bool):
+    """The logits every output is computed from: averaged with the mirror's under TTA."""
+    return (logits + _mirrored_logits(model, images)) / 2.0 if tta else logits
+
+
+def _collect(model: keras.Model, dataset: tf.data.Dataset, tta: bool = False):
+    """Pooled features, logits (as served: TTA-averaged when `tta`) and labels of a whole
+    dataset, as numpy arrays; with `tta`, also the plain logits."""
+    def forward_fn(images):
+        _, pooled, logits = _features_and_logits(model, images)
+        return pooled, logits, _with_tta(model, images, logits, tta)
+
+    forward = tf.function(forward_fn)
+    pooled, plain, served, labels = [], [], [], []
     for batch, batch_labels in dataset:
-        p, l = forward(batch[features.TRANSFORMED_IMAGE_KEY])
+        p, l, s = forward(batch[features.TRANSFORMED_IMAGE_KEY])
         pooled.append(p.numpy())
-        logits.append(l.numpy())
+        plain.append(l.numpy())
+        served.append(s.numpy())
         labels.append(tf.reshape(batch_labels, [-1]).numpy())
-    return np.concatenate(pooled), np.concatenate(logits), np.concatenate(labels)
+    return (np.concatenate(pooled), np.concatenate(served), np.concatenate(labels),
+            np.concatenate(plain))
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -330,24 +356,47 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 def fit_post_hoc(model: keras.Model, config: ModelConfig, train_ds: tf.data.Dataset,
                  eval_ds: tf.data.Dataset) -> Dict:
-    """Fits temperature scaling and the out-of-distribution score on the trained model.
+    """Fits the grade offsets, temperature scaling and the out-of-distribution score.
 
-    Both are attached to `model` (`temperature_scaling`, `feature_distance`) so that
-    `export` puts them into the SavedModel's signatures.
+    All three are attached to `model` (`grade_offsets`, `temperature_scaling`,
+    `feature_distance`) so that `export` puts them into the SavedModel's signatures. The
+    logits they are fitted on are the served ones (TTA-averaged when `config.tta`).
 
     Returns:
-      Figures for the training record: temperature, validation NLL/ECE before and after
-      calibration, OOD threshold and the share of validation/training images flagged.
+      Figures for the training record: validation accuracy with and without TTA and
+      offsets, the offsets and their cross-fitted estimate, temperature, validation NLL/ECE
+      before and after calibration, OOD threshold and the share of images flagged.
     """
     start = time.perf_counter()
-    train_pooled, _, train_labels = _collect(model, train_ds)
-    eval_pooled, eval_logits, eval_labels = _collect(model, eval_ds)
+    train_pooled, _, train_labels, _ = _collect(model, train_ds)
+    eval_pooled, eval_logits, eval_labels, eval_plain = _collect(model, eval_ds, config.tta)
+    stats = {
+        "val_accuracy_plain": float(np.mean(eval_plain.argmax(1) == eval_labels)),
+        "val_accuracy_tta": (float(np.mean(eval_logits.argmax(1) == eval_labels))
+                             if config.tta else None),
+    }
+    offsets = np.zeros(features.NUM_GRADES)
+    if config.recall_floor > 0:
+        offsets = grade_offsets.fit(eval_logits, eval_labels, config.recall_floor)
+        estimate = grade_offsets.cross_fitted(eval_logits, eval_labels, config.recall_floor,
+                                              seed=config.seed)
+        adjusted = (eval_logits + offsets).argmax(1)
+        stats.update({
+            "val_accuracy_offsets": float(np.mean(adjusted == eval_labels)),
+            "val_recall_offsets": grade_offsets.recalls(
+                adjusted, eval_labels, features.NUM_GRADES).tolist(),
+            "val_accuracy_offsets_cross_fitted": estimate["accuracy"],
+            "val_min_recall_offsets_cross_fitted": estimate["min_recall"],
+        })
+    model.grade_offsets = grade_offsets.GradeOffsets(offsets)
+    eval_logits = eval_logits + offsets
     temperature = (calibration.fit_temperature(eval_logits, eval_labels)
                    if config.calibrate else 1.0)
     model.temperature_scaling = calibration.TemperatureScaling(temperature)
     distance = ood.fit(train_pooled, train_labels, eval_pooled, config.ood_percentile)
     model.feature_distance = distance
-    stats = {
+    stats.update({
+        "grade_offsets": offsets.tolist(),
         "temperature": temperature,
         "val_nll_uncalibrated": calibration.negative_log_likelihood(eval_logits, eval_labels),
         "val_nll": calibration.negative_log_likelihood(eval_logits, eval_labels, temperature),
@@ -359,16 +408,17 @@ def fit_post_hoc(model: keras.Model, config: ModelConfig, train_ds: tf.data.Data
         "ood_feature_flagged_val": float(np.mean(distance(eval_pooled).numpy() > 1.0)),
         "ood_feature_flagged_train": float(np.mean(distance(train_pooled).numpy() > 1.0)),
         "post_hoc_seconds": time.perf_counter() - start,
-    }
-    logger.info("post-hoc fit: %s", {k: round(v, 4) for k, v in stats.items()})
+    })
+    logger.info("post-hoc fit: %s", stats)
     return stats
 
 
-def _serving_signatures(model: keras.Model, tf_transform_output) -> Dict:
+def _serving_signatures(model: keras.Model, tf_transform_output, tta: bool) -> Dict:
     """The exported signatures; all run the Transform graph, then the trained model.
 
     Needs `fit_post_hoc` to have run: every signature returns calibrated probabilities
-    and the out-of-distribution score and flag.
+    (of the grade-offset logits, averaged with the mirror's under `tta`) and the
+    out-of-distribution score and flag.
     """
     # Tracked by the model, so the Transform graph is saved inside the SavedModel.
     model.tft_layer = tf_transform_output.transform_features_layer()
@@ -380,7 +430,7 @@ def _serving_signatures(model: keras.Model, tf_transform_output) -> Dict:
         return model.tft_layer(raw)[features.TRANSFORMED_IMAGE_KEY]
 
     def outputs(pooled, logits, image_bytes):
-        probabilities = tf.nn.softmax(model.temperature_scaling(logits))
+        probabilities = tf.nn.softmax(model.temperature_scaling(model.grade_offsets(logits)))
         grades = tf.range(features.NUM_GRADES, dtype=tf.float32)
         ood_score = tf.maximum(model.feature_distance(pooled),
                                ood.input_check_score(image_bytes))
@@ -394,34 +444,38 @@ def _serving_signatures(model: keras.Model, tf_transform_output) -> Dict:
 
     image_input = tf.TensorSpec([None], tf.string, name=features.SERVING_INPUT)
 
+    def predict(images, image_bytes):
+        _, pooled, logits = _features_and_logits(model, images)
+        return outputs(pooled, _with_tta(model, images, logits, tta), image_bytes)
+
     @tf.function(input_signature=[image_input])
     def serve_images(image_bytes):
-        return outputs(*_features_and_logits(model, preprocess(image_bytes))[1:],
-                       image_bytes)
+        return predict(preprocess(image_bytes), image_bytes)
 
     @tf.function(input_signature=[
         tf.TensorSpec([None], tf.string, name=features.EXAMPLES_INPUT)])
     def serve_examples(examples):
         parsed = tf.io.parse_example(examples, image_spec)
         images = model.tft_layer(parsed)[features.TRANSFORMED_IMAGE_KEY]
-        return outputs(*_features_and_logits(model, images)[1:], parsed[features.IMAGE_KEY])
+        return predict(images, parsed[features.IMAGE_KEY])
 
     @tf.function(input_signature=[image_input])
     def gradcam(image_bytes):
-        """Grad-CAM of the predicted grade's logit on the last convolutional feature map."""
+        """Grad-CAM of the returned grade's logit on the last convolutional feature map
+        (of the image as given, also under TTA)."""
         images = preprocess(image_bytes)
         feature_map, _, _ = _features_and_logits(model, images)
         with tf.GradientTape() as tape:
             tape.watch(feature_map)
             _, pooled, logits = _features_and_logits(model, images, feature_map)
-            grade = tf.argmax(logits, axis=-1)
+            result = outputs(pooled, _with_tta(model, images, logits, tta), image_bytes)
+            grade = result[features.GRADE_OUTPUT]
             score = tf.gather(logits, grade, axis=1, batch_dims=1)
         grads = tape.gradient(score, feature_map)
         channel_weights = tf.reduce_mean(grads, axis=[1, 2], keepdims=True)
         cam = tf.nn.relu(tf.reduce_sum(channel_weights * feature_map, axis=-1, keepdims=True))
         cam = tf.image.resize(cam, tf.shape(images)[1:3], method="bilinear")[..., 0]
         cam = tf.math.divide_no_nan(cam, tf.reduce_max(cam, axis=[1, 2], keepdims=True))
-        result = outputs(pooled, logits, image_bytes)
         result[features.HEATMAP_OUTPUT] = cam
         return result
 
@@ -433,9 +487,9 @@ def _serving_signatures(model: keras.Model, tf_transform_output) -> Dict:
 
 
 def export(model: keras.Model, tf_transform_output, export_dir: str,
-           history: Dict[str, List[float]], stats: Dict) -> None:
+           history: Dict[str, List[float]], stats: Dict, tta: bool = False) -> None:
     """Writes the SavedModel with its three signatures and the training record."""
-    signatures = _serving_signatures(model, tf_transform_output)
+    signatures = _serving_signatures(model, tf_transform_output, tta)
     # save_traces=False: the signatures are all a server needs; tracing every layer's
     # call for Keras re-loading would double the export time.
     model.save(export_dir, save_format="tf", signatures=signatures, save_traces=False)
@@ -451,6 +505,13 @@ def read_training_record(export_dir: str) -> Dict:
     path = os.path.join(export_dir, "assets.extra", _HISTORY_FILE)
     with tf.io.gfile.GFile(path) as f:
         return json.load(f)
+
+
+def _hardware() -> str:
+    """What trained the model, for the experiment record."""
+    gpus = tf.config.list_physical_devices("GPU")
+    return (f"{len(os.sched_getaffinity(0))} CPU cores ({platform.machine()}), "
+            + (f"{len(gpus)} GPU" if gpus else "no GPU"))
 
 
 def run_fn(fn_args) -> None:
@@ -475,5 +536,7 @@ def run_fn(fn_args) -> None:
         stats["train_images"] / stats["train_seconds"] if stats["train_seconds"] else 0.0)
     stats.update(fit_post_hoc(model, config, train_ds, eval_ds))
     stats["config"] = dataclasses.asdict(config)
-    export(model, tf_transform_output, fn_args.serving_model_dir, history, stats)
+    stats["hardware"] = _hardware()
+    export(model, tf_transform_output, fn_args.serving_model_dir, history, stats,
+           tta=config.tta)
     logger.info("exported SavedModel to %s", fn_args.serving_model_dir)

@@ -80,6 +80,13 @@ def _cmd_report(args) -> int:
     return 0
 
 
+def _cmd_exp_args(args) -> int:
+    from pipeline import params as params_lib
+    # stdout is the product here: the arguments, for `dvc exp run $(koa exp-args FILE)`.
+    sys.stdout.write(" ".join(params_lib.set_args(args.params_file, args.base)) + "\n")
+    return 0
+
+
 def _cmd_compile_kfp(args) -> int:
     from pipeline import kubeflow_runner
     from pipeline import params as params_lib
@@ -132,6 +139,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--record", default=configs.RUN_RECORD)
     p.add_argument("--out", default=configs.METRICS_DIR)
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("exp-args",
+                       help="print the `dvc exp run -S ...` arguments that apply a params file")
+    p.add_argument("params_file", help="e.g. params.kneeKL224.yaml")
+    p.add_argument("--base", default=configs.PARAMS_FILE,
+                   help="the params the experiment starts from (default: params.yaml)")
+    p.set_defaults(func=_cmd_exp_args)
 
     p = sub.add_parser("compile-kfp", help="compile the pipeline for Kubeflow Pipelines v2")
     p.add_argument("--params", default=configs.PARAMS_FILE)

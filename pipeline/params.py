@@ -1,7 +1,8 @@
 """Reads and checks params.yaml: the settings DVC tracks and experiments vary."""
 
 import dataclasses
-from typing import List
+import json
+from typing import Dict, List
 
 import yaml
 
@@ -93,13 +94,48 @@ def parse(raw: dict) -> Params:
     return params
 
 
-def load(path: str) -> Params:
-    """Params from a YAML file."""
+def _read(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f) or {}
+            return yaml.safe_load(f) or {}
     except FileNotFoundError as e:
         raise ParamsError(f"params file not found: {path}") from e
     except yaml.YAMLError as e:
         raise ParamsError(f"params file {path} is not valid YAML: {e}") from e
-    return parse(raw)
+
+
+def load(path: str) -> Params:
+    """Params from a YAML file."""
+    return parse(_read(path))
+
+
+def _leaves(values: Dict, prefix: str = "") -> Dict[str, object]:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def set_args(path: str, base_path: str) -> List[str]:
+    """`dvc exp run` arguments (`-S key=value`, one pair per setting) that turn the params
+    in `base_path` into those of `path`: only the settings that differ.
+
+    Both files are checked first. Values are written so that the shell can split the
+    arguments on whitespace: a value containing whitespace is refused.
+    """
+    target, base = _read(path), _read(base_path)
+    parse(target)
+    parse(base)
+    base_leaves = _leaves(base)
+    args = []
+    for key, value in _leaves(target).items():
+        if key in base_leaves and base_leaves[key] == value:
+            continue
+        text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))
+        if not text or any(c.isspace() for c in text):
+            raise ParamsError(f"{path}: {key} = {value!r} cannot be passed as one shell word")
+        args += ["-S", f"{key}={text}"]
+    return args

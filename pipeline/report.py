@@ -50,7 +50,13 @@ def write_report(record: RunRecord, out_dir: str) -> Dict:
     training = {}
     if model_dir:
         training = model.read_training_record(os.path.join(model_dir, "Format-Serving"))
-        flat["train_images_per_second"] = training["stats"].get("train_images_per_second")
+        stats = training["stats"]
+        flat["train_images_per_second"] = stats.get("train_images_per_second")
+        flat["train_minutes"] = round(stats.get("train_seconds", 0.0) / 60.0, 2)
+        flat["hardware"] = stats.get("hardware")
+        # Offsets are fitted on the validation split they are measured on; this is the
+        # estimate on halves they were not fitted on.
+        flat["accuracy_cross_fitted"] = stats.get("val_accuracy_offsets_cross_fitted")
 
     os.makedirs(out_dir, exist_ok=True)
     _write_json(os.path.join(out_dir, METRICS_FILE), flat)

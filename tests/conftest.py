@@ -41,7 +41,9 @@ def tiny_params(**gate):
         "data": {"source": "data", "eval_fraction": 0.25, "seed": 1},
         "model": {"image_size": 64, "weights": "none", "head_epochs": 0,
                   "finetune_epochs": 12, "batch_size": 16, "finetune_lr": 0.002,
-                  "class_weighting": "none"},
+                  "class_weighting": "none",
+                  # The e2e run exercises test-time augmentation and grade offsets.
+                  "tta": True, "recall_floor": 0.6},
         "gate": gate or {"accuracy_lower_bound": 0.0,
                          "recall_lower_bounds": [0.0] * 5, "max_accuracy_drop": 1.0},
     })

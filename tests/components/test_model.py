@@ -30,6 +30,7 @@ def test_class_weights_refuse_a_missing_grade():
     ({"image_size": 100}, "multiple of 8"),
     ({"class_weighting": "inverse"}, "class_weighting"),
     ({"learning_rate": 0.1}, "unknown model settings"),
+    ({"recall_floor": 1.2}, "recall_floor"),
 ])
 def test_invalid_model_config_is_named(values, message):
     with pytest.raises(ValueError, match=message):

@@ -55,3 +55,13 @@ def test_dvc_stages_are_valid(tmp_path):
     assert result.returncode == 0, result.stderr
     for stage in ("ingest", "pipeline", "report"):
         assert stage in result.stdout
+
+
+def test_exp_args_print_what_dvc_exp_run_needs(tmp_path):
+    result = _koa("exp-args", "params.kneeKL224.yaml", cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    args = result.stdout.split()
+    assert args[0] == "-S" and "data.source=../shared/data/kneeKL224" in args
+    missing = _koa("exp-args", str(tmp_path / "absent.yaml"), cwd=REPO)
+    assert missing.returncode == 2 and "absent.yaml" in missing.stderr
+    assert "Traceback" not in missing.stderr and missing.stdout == ""

@@ -78,3 +78,31 @@ def test_non_knee_images_are_flagged_and_training_knees_are_not(pipeline_run, pu
     records, _ = _examples(pipeline_run, features.TRAIN_SPLIT)
     train = pushed.signatures[features.EXAMPLES_SIGNATURE](examples=tf.constant(records))
     assert np.mean(train[features.OOD_FLAG_OUTPUT].numpy()) <= 0.05
+
+
+def test_tta_makes_the_grade_of_a_mirrored_film_the_same(pipeline_run, pushed):
+    assert pipeline_run.params.model.tta
+    records, _ = _examples(pipeline_run, features.EVAL_SPLIT)
+    size = pipeline_run.params.model.image_size
+    # At the model's size, so that no resize happens: resizing is mirror-symmetric only up
+    # to float rounding, which the equalisation's 256 levels can turn into a level.
+    images = [tf.cast(tf.round(tf.image.resize(tf.io.decode_png(
+        tf.train.Example.FromString(r).features.feature[features.IMAGE_KEY]
+        .bytes_list.value[0]), [size, size])), tf.uint8) for r in records[:4]]
+    mirrored = [tf.io.encode_png(tf.image.flip_left_right(i)) for i in images]
+    originals = [tf.io.encode_png(i) for i in images]
+    serve = pushed.signatures[features.SERVING_SIGNATURE]
+    a = serve(image_bytes=tf.stack(originals))[features.PROBABILITIES_OUTPUT].numpy()
+    b = serve(image_bytes=tf.stack(mirrored))[features.PROBABILITIES_OUTPUT].numpy()
+    # The average of a film and its mirror is the same for the mirrored film.
+    np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_exported_grade_offsets_give_the_recalls_the_trainer_fitted(pipeline_run):
+    stats = _training_stats(pipeline_run)
+    reported = evaluation.load_grade_metrics(pipeline_run.record.outputs["Evaluator.evaluation"])
+    assert any(stats["grade_offsets"])
+    np.testing.assert_allclose(reported["recall_per_grade"], stats["val_recall_offsets"],
+                               atol=1e-6)
+    assert reported["accuracy"] == pytest.approx(stats["val_accuracy_offsets"], abs=1e-6)
+    assert 0.0 <= stats["val_accuracy_offsets_cross_fitted"] <= 1.0

@@ -34,3 +34,37 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("model: [unclosed\n")
     with pytest.raises(params.ParamsError, match="not valid YAML"):
         params.load(str(bad))
+
+
+def test_the_real_data_params_file_is_valid_and_differs_from_the_demo():
+    real = params.load(str(REPO / "params.kneeKL224.yaml"))
+    demo = params.load(str(REPO / "params.yaml"))
+    assert real.model.image_size == 224 and real.data.source.endswith("kneeKL224")
+    # Its gate is meant to stop regressions of a real model, so it is not the demo's.
+    assert real.gate != demo.gate
+
+
+def test_set_args_turn_one_params_file_into_another(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("model: {image_size: 64, head: softmax}\n"
+                    "gate: {recall_lower_bounds: [0, 0, 0, 0, 0]}\n")
+    target = tmp_path / "target.yaml"
+    target.write_text("model: {image_size: 224, head: softmax, tta: true}\n"
+                      "gate: {recall_lower_bounds: [0.5, 0.25, 0.5, 0.5, 0.75]}\n")
+    assert params.set_args(str(target), str(base)) == [
+        "-S", "model.image_size=224", "-S", "model.tta=true",
+        "-S", "gate.recall_lower_bounds=[0.5,0.25,0.5,0.5,0.75]"]
+    assert params.set_args(str(base), str(base)) == []
+
+
+def test_set_args_refuse_invalid_params_and_unsplittable_values(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("model: {image_size: 64}\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: {image_size: 100}\n")
+    with pytest.raises(params.ParamsError, match="multiple of 8"):
+        params.set_args(str(bad), str(base))
+    spaced = tmp_path / "spaced.yaml"
+    spaced.write_text("data: {source: 'my films'}\n")
+    with pytest.raises(params.ParamsError, match="one shell word"):
+        params.set_args(str(spaced), str(base))
