@@ -52,6 +52,9 @@ class ModelConfig:
         export it (the served probabilities are the calibrated ones).
       ood_percentile: validation-distance percentile used as the out-of-distribution
         threshold (components/ood.py).
+      ordinal_smoothing: share of each training target moved to the neighbouring grades
+        (split between them): a near miss then costs less than a far one. 0 = plain
+        cross-entropy.
       tta: test-time augmentation: every signature averages the logits of the image and
         of its horizontal mirror (a right knee looks like a mirrored left one).
       recall_floor: when > 0, per-grade logit offsets are fitted on the validation split
@@ -77,6 +80,7 @@ class ModelConfig:
     head: str = "softmax"
     calibrate: bool = True
     ood_percentile: float = 99.0
+    ordinal_smoothing: float = 0.0
     tta: bool = False
     recall_floor: float = 0.0
     tuner_trials: int = 4
@@ -98,6 +102,9 @@ class ModelConfig:
             raise ValueError(f"head must be one of {HEADS}, got {config.head!r}")
         if not 0.0 < config.ood_percentile <= 100.0:
             raise ValueError(f"ood_percentile must be in (0, 100], got {config.ood_percentile}")
+        if not 0.0 <= config.ordinal_smoothing < 1.0:
+            raise ValueError(f"ordinal_smoothing must be in [0, 1), got "
+                             f"{config.ordinal_smoothing}")
         if not 0.0 <= config.recall_floor <= 1.0:
             raise ValueError(f"recall_floor must be in [0, 1], got {config.recall_floor}")
         if config.tuner_trials < 1 or config.tuner_epochs < 1:
@@ -205,6 +212,23 @@ def _to_backbone_input(images: tf.Tensor) -> tf.Tensor:
     return keras.layers.Rescaling(2.0, offset=-1.0, name="rescale")(rgb)
 
 
+def ordinal_smoothing_loss(smoothing: float):
+    """Cross-entropy against targets that give `smoothing` of the mass to the grades next to
+    the label (all of it to the one neighbour of grade 0 or 4). Labels are sparse, [N] or
+    [N, 1]."""
+    def loss(labels, probabilities):
+        grade = tf.cast(tf.reshape(labels, [-1]), tf.int32)
+        # one_hot of -1 or NUM_GRADES is all zeros: the edge grades have one neighbour.
+        neighbours = (tf.one_hot(grade - 1, features.NUM_GRADES)
+                      + tf.one_hot(grade + 1, features.NUM_GRADES))
+        neighbours /= tf.reduce_sum(neighbours, axis=-1, keepdims=True)
+        target = (1.0 - smoothing) * tf.one_hot(grade, features.NUM_GRADES) + smoothing * neighbours
+        return keras.losses.categorical_crossentropy(target, probabilities)
+
+    loss.__name__ = "ordinal_smoothing_crossentropy"
+    return loss
+
+
 def class_weights(counts: List[int], mode: str) -> Optional[Dict[int, float]]:
     """Per-grade loss weights from training counts; the mean weight per example is 1."""
     if mode == "none":
@@ -281,12 +305,14 @@ def train(config: ModelConfig, train_ds: tf.data.Dataset, eval_ds: tf.data.Datas
     backbone = model.get_layer(_BACKBONE)
     history: Dict[str, List[float]] = {}
     stats = {"train_seconds": 0.0, "train_images": 0}
+    loss = (ordinal_smoothing_loss(config.ordinal_smoothing) if config.ordinal_smoothing
+            else "sparse_categorical_crossentropy")
 
     def run_phase(phase, epochs, learning_rate):
         if epochs <= 0:
             return
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
+                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
         timer = _ThroughputLogger(examples_per_epoch, phase)
         logger.info("%s: %d epochs, %d trainable weights", phase, epochs,
                     len(model.trainable_weights))

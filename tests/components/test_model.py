@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from components import model
 from conftest import shared_dir
@@ -31,6 +32,7 @@ def test_class_weights_refuse_a_missing_grade():
     ({"class_weighting": "inverse"}, "class_weighting"),
     ({"learning_rate": 0.1}, "unknown model settings"),
     ({"recall_floor": 1.2}, "recall_floor"),
+    ({"ordinal_smoothing": 1.0}, "ordinal_smoothing"),
 ])
 def test_invalid_model_config_is_named(values, message):
     with pytest.raises(ValueError, match=message):
@@ -99,3 +101,17 @@ def test_overrides_are_checked_like_the_config():
         config.with_overrides({"head": "regression"})
     with pytest.raises(ValueError, match="ood_percentile"):
         config.with_overrides({"ood_percentile": 0})
+
+
+def test_ordinal_smoothing_loss_charges_far_misses_more_than_near_ones():
+    loss = model.ordinal_smoothing_loss(0.2)
+    labels = tf.constant([[2], [2], [0]])
+    near = tf.constant([[0.05, 0.8, 0.05, 0.05, 0.05]] * 2 + [[0.05, 0.8, 0.05, 0.05, 0.05]])
+    far = tf.constant([[0.05, 0.05, 0.05, 0.05, 0.8]] * 2 + [[0.05, 0.05, 0.05, 0.05, 0.8]])
+    assert (loss(labels, near).numpy() < loss(labels, far).numpy()).all()
+    # The target is a distribution: for a perfect-shaped prediction the loss is its entropy.
+    target = tf.constant([[0.0, 0.1, 0.8, 0.1, 0.0], [0.8, 0.2, 0.0, 0.0, 0.0]])
+    expected = -np.sum(np.where(target > 0, target * np.log(np.maximum(target, 1e-12)), 0), -1)
+    np.testing.assert_allclose(loss(tf.constant([2, 0]), target).numpy(), expected, rtol=1e-4)
+    assert model.ordinal_smoothing_loss(0.0)(tf.constant([1]), near[:1]).numpy() == pytest.approx(
+        -np.log(0.8), rel=1e-5)
