@@ -347,18 +347,17 @@ def _features_and_logits(model: keras.Model, images: tf.Tensor, feature_map=None
     return feature_map, pooled, model.get_layer(_LOGITS)(pooled)
 
 
-def _mirrored_logits(model: keras.Model, images: tf.Tensor) -> tf.Tensor:
-    return _features_and_logits(model, tf.image.flip_left_right(images))[2]
-
-
 def _with_tta(model: keras.Model, images: tf.Tensor, logits: tf.Tensor, tta: bool):
     """The logits every output is computed from: averaged with the mirror's under TTA."""
-    return (logits + _mirrored_logits(model, images)) / 2.0 if tta else logits
+    if not tta:
+        return logits
+    mirrored = _features_and_logits(model, tf.image.flip_left_right(images))[2]
+    return (logits + mirrored) / 2.0
 
 
 def _collect(model: keras.Model, dataset: tf.data.Dataset, tta: bool = False):
-    """Pooled features, logits (as served: TTA-averaged when `tta`) and labels of a whole
-    dataset, as numpy arrays; with `tta`, also the plain logits."""
+    """Pooled features, logits as served (TTA-averaged when `tta`), labels and the plain
+    logits of a whole dataset, as numpy arrays."""
     def forward_fn(images):
         _, pooled, logits = _features_and_logits(model, images)
         return pooled, logits, _with_tta(model, images, logits, tta)
