@@ -46,6 +46,19 @@ def _remove(path: str) -> None:
         fileio.rmtree(path)
 
 
+
+def _decision(stats: dict) -> dict:
+    """How the served grade is computed, for whoever checks it: from the training record."""
+    config = stats.get("config", {})
+    return {
+        "head": config.get("head"),
+        "test_time_augmentation": bool(config.get("tta")),
+        "grade_offsets": stats.get("grade_offsets"),
+        "recall_floor": config.get("recall_floor"),
+        "temperature": stats.get("temperature"),
+        "ood_threshold": stats.get("ood_threshold"),
+    }
+
 class ServingPusherSpec(ComponentSpec):
     """Inputs: model, blessing, evaluation. Parameters: destination and lineage."""
 
@@ -88,13 +101,15 @@ class Executor(tfx_pusher_executor.Executor):
         _remove(staging)
         try:
             io_utils.copy_dir(source, staging)
+            training = model.read_training_record(source)
             card = {
                 "model_name": exec_properties["model_name"],
                 "version": version,
                 "pushed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(
                     timespec="seconds"),
                 "metrics": {k: v for k, v in grade_metrics.items() if k != "failures"},
-                "training_history": model.read_training_record(source).get("history", {}),
+                "training_history": training.get("history", {}),
+                "decision": _decision(training.get("stats", {})),
                 "lineage": {**json.loads(exec_properties["lineage"]),
                             "pipeline_run_id": self._context.pipeline_run_id
                             if self._context else None},

@@ -2,7 +2,7 @@
 
 Layout: ``<model_base_path>/<version>/assets.extra/model_card.json`` with keys
 ``model_name``, ``version``, ``pushed_at``, ``metrics``, ``training_history``,
-``lineage`` and ``thresholds`` (see docs/webapp.md).
+``lineage``, ``thresholds`` and ``decision`` (how the grade is computed; see docs/webapp.md).
 """
 
 import json
@@ -50,7 +50,7 @@ def _check_schema(card: dict, path: str) -> None:
         isinstance(v, list) for v in history.values()
     ):
         raise ModelCardError(f"{path}: 'training_history' must map names to lists")
-    for key in ("lineage", "thresholds"):
+    for key in ("lineage", "thresholds", "decision"):
         if not isinstance(card.get(key, {}), dict):
             raise ModelCardError(f"{path}: '{key}' must be an object")
 

@@ -56,6 +56,11 @@ def test_model_card_records_metrics_history_and_lineage(pipeline_run):
     assert card["metrics"]["eval_examples"] == sum(map(sum, card["metrics"]["confusion_matrix"]))
     epochs = pipeline_run.params.model.finetune_epochs
     assert len(card["training_history"]["val_accuracy"]) == epochs
+    # How the grade is computed, for whoever checks it.
+    decision = card["decision"]
+    assert decision["test_time_augmentation"] is pipeline_run.params.model.tta
+    assert decision["recall_floor"] == pipeline_run.params.model.recall_floor
+    assert len(decision["grade_offsets"]) == 5 and decision["temperature"] > 0
 
 
 def test_evaluator_metrics_match_a_confusion_matrix_computed_by_hand(pipeline_run, pushed):

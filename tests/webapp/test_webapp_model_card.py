@@ -31,6 +31,11 @@ def test_model_card_of_the_served_version(client, auth):
     assert float(metrics["accuracy"]) == pytest.approx(card["metrics"]["accuracy"], abs=1e-3)
     assert float(metrics["qwk"]) == pytest.approx(card["metrics"]["qwk"], abs=1e-3)
     assert float(metrics["mae"]) == pytest.approx(card["metrics"]["mae"], abs=1e-3)
+    assert float(metrics["ece"]) == pytest.approx(card["metrics"]["ece"], abs=1e-3)
+    # How the grade is computed: TTA and the grade offsets, from the card.
+    assert 'data-decision="tta">film and its mirror image, averaged<' in body
+    assert re.search(r'data-decision="offsets">0: \+0\.00, 1: \+0\.40, 2: -0\.10, 3: \+0\.20, '
+                     r'4: -1\.40 .*reaches 0\.45<', body)
     cells = {(int(r), int(c)): int(v) for r, c, v in CELL_RE.findall(body)}
     matrix = card["metrics"]["confusion_matrix"]
     assert cells == {(r, c): matrix[r][c] for r in range(5) for c in range(5)}
