@@ -65,6 +65,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="benchmarks/results/ood_probes.json")
     args = parser.parse_args(argv)
 
+    from components import atomic_dir
     from pipeline.cli import setup_logging
     setup_logging()
     result = _probe_scores(args.model, args.eval_dir, args.image_size)
@@ -83,11 +84,7 @@ def main(argv=None) -> int:
         with open(args.out, encoding="utf-8") as f:
             results = json.load(f)
     results[os.path.abspath(args.model)] = result
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = f"{args.out}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2, sort_keys=True)
-    os.replace(tmp, args.out)
+    atomic_dir.write_json(args.out, results)
     return 0
 
 

@@ -79,7 +79,7 @@ def main(argv=None) -> int:
 
     from pipeline.cli import setup_logging
     setup_logging()
-    from components import evaluation, ingestion
+    from components import atomic_dir, evaluation, ingestion
     from components import model as model_lib
     from pipeline import configs, local_runner
     from pipeline import params as params_lib
@@ -137,9 +137,7 @@ def main(argv=None) -> int:
                 result["pipeline"]["trainer_images_per_second"]
                 / baseline["train_images_per_second"],
         }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2, sort_keys=True)
+    atomic_dir.write_json(args.out, result)
     logger.info("results written to %s:\n%s", args.out, json.dumps(
         {"quality": result["quality"], "ratios": result.get("ratios")}, indent=2))
     return 0

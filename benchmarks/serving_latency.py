@@ -37,7 +37,7 @@ import numpy as np
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
-from components import features  # noqa: E402
+from components import atomic_dir, features  # noqa: E402
 from serving import protos, tensors  # noqa: E402
 from serving.model_manager import scan_versions  # noqa: E402
 
@@ -248,11 +248,7 @@ def main(argv=None) -> int:
            for label in ("no_batching", "batching") for t in results[f"throughput_{label}"]},
     }
     results["goals"] = {"grpc_p50_ratio_max": 1.10, "throughput_32_ratio_min": 0.90}
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    tmp = args.output + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
-    os.replace(tmp, args.output)
+    atomic_dir.write_json(args.output, results)
     _LOG.info("Wrote %s", args.output)
     print(json.dumps(results["ratios"], indent=2))
     return 0

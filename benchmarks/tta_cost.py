@@ -13,7 +13,6 @@ accuracy side of the trade is in each model's training record (`val_accuracy_pla
 import argparse
 import datetime
 import glob
-import json
 import logging
 import os
 import sys
@@ -60,6 +59,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="benchmarks/results/tta_cost.json")
     args = parser.parse_args(argv)
 
+    from components import atomic_dir
     from pipeline.cli import setup_logging
     setup_logging()
     files = sorted(glob.glob(os.path.join(args.images, "*.png"))
@@ -86,11 +86,7 @@ def main(argv=None) -> int:
     logger.info("batch 32: %.1f images/s with TTA vs %.1f without (ratio %.2f)",
                 tta["images_per_second_batch32"], plain["images_per_second_batch32"],
                 result["throughput_ratio_batch32"])
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    tmp = f"{args.out}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2, sort_keys=True)
-    os.replace(tmp, args.out)
+    atomic_dir.write_json(args.out, result)
     return 0
 
 

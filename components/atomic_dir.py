@@ -1,8 +1,19 @@
-"""Publishing a finished directory in one step, so readers never see half of it."""
+"""Publishing a finished directory or file in one step, so readers never see half of it."""
 
+import json
 import os
 import shutil
 from pathlib import Path
+
+
+def write_json(path: str, payload) -> None:
+    """Writes `payload` as JSON to `path` (creating its folder) through a temporary file
+    and one rename."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
 
 
 def replace_dir(tmp: Path, out: Path) -> None:

@@ -1,12 +1,11 @@
 """Turns the last run's Evaluator output into DVC metrics and plots files."""
 
 import csv
-import json
 import logging
 import os
 from typing import Dict
 
-from components import evaluation, features, model
+from components import atomic_dir, evaluation, features, model
 from pipeline.run_record import RunRecord
 
 logger = logging.getLogger(__name__)
@@ -59,7 +58,7 @@ def write_report(record: RunRecord, out_dir: str) -> Dict:
         flat["accuracy_cross_fitted"] = stats.get("val_accuracy_offsets_cross_fitted")
 
     os.makedirs(out_dir, exist_ok=True)
-    _write_json(os.path.join(out_dir, METRICS_FILE), flat)
+    atomic_dir.write_json(os.path.join(out_dir, METRICS_FILE), flat)
     with open(os.path.join(out_dir, CONFUSION_FILE), "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["actual", "predicted"])
@@ -78,9 +77,3 @@ def write_report(record: RunRecord, out_dir: str) -> Dict:
                 flat["accuracy"] or 0, flat["qwk"] or 0, flat["mae"] or 0)
     return flat
 
-
-def _write_json(path: str, payload: Dict) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
