@@ -32,6 +32,8 @@ def create_pipeline(
     lineage: Dict[str, Any],
     beam_pipeline_args: List[str],
     metadata_connection_config: Optional[Any] = None,
+    *,
+    with_tuner: bool = False,
 ) -> tfx.dsl.Pipeline:
     """The pipeline: import -> validate -> transform -> train -> evaluate -> push.
 
@@ -47,39 +49,9 @@ def create_pipeline(
       lineage: recorded beside each pushed model (data hash, git commit...).
       beam_pipeline_args: Beam options for the Beam-based components.
       metadata_connection_config: ML Metadata store; None lets the orchestrator decide.
+      with_tuner: put a Tuner between Transform and Trainer (see
+        `create_pipeline_with_tuner`).
     """
-    return _assemble(pipeline_name, pipeline_root, examples_dir, schema_path, model_config,
-                     eval_config, serving_dir, model_name, lineage, beam_pipeline_args,
-                     metadata_connection_config, with_tuner=False)
-
-
-def create_pipeline_with_tuner(**settings) -> tfx.dsl.Pipeline:
-    """The same pipeline with a Tuner between Transform and Trainer.
-
-    Takes exactly `create_pipeline`'s arguments, by keyword. The Tuner
-    (components/tuning.py) runs `model_config.tuner_trials` short trials on the Transform
-    output; the Trainer then trains with its best hyper-parameters in place of the
-    corresponding `model_config` values.
-    """
-    return _assemble(**settings, with_tuner=True)
-
-
-def _assemble(
-    pipeline_name: str,
-    pipeline_root: str,
-    examples_dir: str,
-    schema_path: str,
-    model_config: ModelConfig,
-    eval_config: tfma.EvalConfig,
-    serving_dir: str,
-    model_name: str,
-    lineage: Dict[str, Any],
-    beam_pipeline_args: List[str],
-    metadata_connection_config: Optional[Any] = None,
-    *,
-    with_tuner: bool,
-) -> tfx.dsl.Pipeline:
-    """Connects the components; `with_tuner` puts a Tuner ahead of the Trainer."""
     example_gen = tfx.components.ImportExampleGen(
         input_base=examples_dir,
         input_config=tfx.proto.Input(splits=[
@@ -153,3 +125,14 @@ def _assemble(
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_pipeline_args,
     )
+
+
+def create_pipeline_with_tuner(**settings) -> tfx.dsl.Pipeline:
+    """The same pipeline with a Tuner between Transform and Trainer.
+
+    Takes exactly `create_pipeline`'s arguments, by keyword. The Tuner
+    (components/tuning.py) runs `model_config.tuner_trials` short trials on the Transform
+    output; the Trainer then trains with its best hyper-parameters in place of the
+    corresponding `model_config` values.
+    """
+    return create_pipeline(**settings, with_tuner=True)
