@@ -13,13 +13,10 @@ Fitting and measuring on the same split is optimistic; `cross_fitted` estimates 
 (fit on one half of the validation split, score on the other, and vice versa).
 """
 
-import logging
 from typing import Dict, Tuple
 
 import numpy as np
 import tensorflow as tf
-
-logger = logging.getLogger(__name__)
 
 # Offsets are searched on this grid, in logit units, one grade at a time.
 _GRID = np.linspace(-3.0, 3.0, 61)
@@ -37,9 +34,8 @@ def recalls(predicted: np.ndarray, labels: np.ndarray, num_grades: int) -> np.nd
     return np.divide(hits, totals, out=np.zeros(num_grades), where=totals > 0)
 
 
-def _score(logits, labels, offsets, recall_floor) -> Tuple[float, float]:
+def _score(logits, labels, present, offsets, recall_floor) -> Tuple[float, float]:
     predicted = np.argmax(logits + offsets, axis=1)
-    present = np.bincount(labels, minlength=logits.shape[1]) > 0
     worst = recalls(predicted, labels, logits.shape[1])[present].min()
     # Reaching the floor first, then accuracy: a lexicographic objective.
     return min(worst, recall_floor), float(np.mean(predicted == labels))
@@ -60,15 +56,17 @@ def fit(logits: np.ndarray, labels: np.ndarray, recall_floor: float) -> np.ndarr
                           f"{labels.shape}")
     if not 0.0 <= recall_floor <= 1.0:
         raise OffsetError(f"recall_floor must be in [0, 1], got {recall_floor}")
+    # Grades absent from `labels` have no recall to hold to the floor.
+    present = np.bincount(labels, minlength=logits.shape[1]) > 0
     offsets = np.zeros(logits.shape[1])
-    best = _score(logits, labels, offsets, recall_floor)
+    best = _score(logits, labels, present, offsets, recall_floor)
     for _ in range(_MAX_SWEEPS):
         improved = False
         for grade in range(1, logits.shape[1]):
             for value in _GRID:
                 trial = offsets.copy()
                 trial[grade] = value
-                score = _score(logits, labels, trial, recall_floor)
+                score = _score(logits, labels, present, trial, recall_floor)
                 if score > best:
                     best, offsets, improved = score, trial, True
         if not improved:
