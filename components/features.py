@@ -18,6 +18,9 @@ SOURCE_KEY = "source"  # bytes: path of the file relative to the dataset root
 
 # Transform output: the preprocessed image, float32 [size, size, 1] in [0, 1].
 TRANSFORMED_IMAGE_KEY = "image_xf"
+# Contrast enhancement the Transform graph can apply (components/preprocessing.py):
+# unclipped adaptive histogram equalisation, classic clip-limited CLAHE, or none.
+EQUALISATIONS = ("ahe", "clahe", "none")
 
 # Split names used by ingestion and ExampleGen.
 TRAIN_SPLIT = "train"

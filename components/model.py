@@ -62,6 +62,20 @@ class ModelConfig:
         accuracy (components/grade_offsets.py), and exported.
       tuner_trials: hyper-parameter combinations the Tuner tries (pipeline with tuner).
       tuner_epochs: fine-tune epochs of each Tuner trial.
+      equalisation: the Transform graph's contrast enhancement, a key of
+        `features.EQUALISATIONS` ("ahe", "clahe" or "none").
+      label_smoothing: share of each target spread evenly over all grades (Szegedy et
+        al. 2016); applied after `ordinal_smoothing`.
+      weight_decay: decoupled weight decay of the fine-tune phase (AdamW, Loshchilov &
+        Hutter 2019); 0 = plain Adam.
+      ema: fine-tune with an exponential moving average of the weights (momentum 0.99)
+        and keep the averaged weights at the end (Polyak averaging).
+      warmup_epochs: fine-tune epochs of linear learning-rate warm-up before the cosine
+        decay.
+      augment_rotation: random rotation range, a fraction of a full turn (0.03 = ±11°).
+      augment_zoom: random zoom range, a fraction of the image size (±).
+      augment_translate: random shift range, a fraction of the image size (±).
+      augment_contrast: random contrast factor range (±).
     """
 
     image_size: int = 224
@@ -85,6 +99,15 @@ class ModelConfig:
     recall_floor: float = 0.0
     tuner_trials: int = 4
     tuner_epochs: int = 2
+    equalisation: str = "ahe"
+    label_smoothing: float = 0.0
+    weight_decay: float = 0.0
+    ema: bool = False
+    warmup_epochs: int = 0
+    augment_rotation: float = 0.03
+    augment_zoom: float = 0.1
+    augment_translate: float = 0.0
+    augment_contrast: float = 0.15
 
     @classmethod
     def from_dict(cls, values: Dict) -> "ModelConfig":
@@ -107,6 +130,18 @@ class ModelConfig:
                              f"{config.ordinal_smoothing}")
         if not 0.0 <= config.recall_floor <= 1.0:
             raise ValueError(f"recall_floor must be in [0, 1], got {config.recall_floor}")
+        if config.equalisation not in features.EQUALISATIONS:
+            raise ValueError(f"equalisation must be one of {features.EQUALISATIONS}, "
+                             f"got {config.equalisation!r}")
+        if not 0.0 <= config.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {config.label_smoothing}")
+        if config.weight_decay < 0 or config.warmup_epochs < 0:
+            raise ValueError("weight_decay and warmup_epochs must not be negative")
+        if config.warmup_epochs >= max(config.finetune_epochs, 1) and config.warmup_epochs:
+            raise ValueError("warmup_epochs must be fewer than finetune_epochs")
+        if min(config.augment_rotation, config.augment_zoom, config.augment_translate,
+               config.augment_contrast) < 0:
+            raise ValueError("augmentation ranges must not be negative")
         if config.tuner_trials < 1 or config.tuner_epochs < 1:
             raise ValueError("tuner_trials and tuner_epochs must be at least 1")
         return config
@@ -179,13 +214,20 @@ def build_model(config: ModelConfig) -> keras.Model:
     """
     size = config.image_size
     inputs = keras.Input((size, size, 1), name=features.TRANSFORMED_IMAGE_KEY)
-    augment = keras.Sequential([
+    layers = [
         # Right knees are mirror images of left ones, so a flip is a plausible knee.
         keras.layers.RandomFlip("horizontal", seed=config.seed),
-        keras.layers.RandomRotation(0.03, fill_mode="constant", seed=config.seed + 1),
-        keras.layers.RandomZoom((-0.1, 0.1), fill_mode="constant", seed=config.seed + 2),
-        keras.layers.RandomContrast(0.15, seed=config.seed + 3),
-    ], name="augment")
+        keras.layers.RandomRotation(config.augment_rotation, fill_mode="constant",
+                                    seed=config.seed + 1),
+        keras.layers.RandomZoom((-config.augment_zoom, config.augment_zoom),
+                                fill_mode="constant", seed=config.seed + 2),
+        keras.layers.RandomContrast(config.augment_contrast, seed=config.seed + 3),
+    ]
+    if config.augment_translate:
+        layers.append(keras.layers.RandomTranslation(
+            config.augment_translate, config.augment_translate, fill_mode="constant",
+            seed=config.seed + 4))
+    augment = keras.Sequential(layers, name="augment")
     x = augment(inputs)
     x = _to_backbone_input(x)
     backbone = keras.applications.MobileNetV2(
@@ -212,9 +254,10 @@ def _to_backbone_input(images: tf.Tensor) -> tf.Tensor:
     return keras.layers.Rescaling(2.0, offset=-1.0, name="rescale")(rgb)
 
 
-def ordinal_smoothing_loss(smoothing: float):
+def ordinal_smoothing_loss(smoothing: float, uniform: float = 0.0):
     """Cross-entropy against targets that give `smoothing` of the mass to the grades next to
-    the label (all of it to the one neighbour of grade 0 or 4). Labels are sparse, [N] or
+    the label (all of it to the one neighbour of grade 0 or 4), then spread `uniform` of
+    the result evenly over all grades (label smoothing). Labels are sparse, [N] or
     [N, 1]."""
     def loss(labels, probabilities):
         grade = tf.cast(tf.reshape(labels, [-1]), tf.int32)
@@ -223,6 +266,7 @@ def ordinal_smoothing_loss(smoothing: float):
                       + tf.one_hot(grade + 1, features.NUM_GRADES))
         neighbours /= tf.reduce_sum(neighbours, axis=-1, keepdims=True)
         target = (1.0 - smoothing) * tf.one_hot(grade, features.NUM_GRADES) + smoothing * neighbours
+        target = (1.0 - uniform) * target + uniform / features.NUM_GRADES
         return keras.losses.categorical_crossentropy(target, probabilities)
 
     loss.__name__ = "ordinal_smoothing_crossentropy"
@@ -305,13 +349,20 @@ def train(config: ModelConfig, train_ds: tf.data.Dataset, eval_ds: tf.data.Datas
     backbone = model.get_layer(_BACKBONE)
     history: Dict[str, List[float]] = {}
     stats = {"train_seconds": 0.0, "train_images": 0}
-    loss = (ordinal_smoothing_loss(config.ordinal_smoothing) if config.ordinal_smoothing
+    loss = (ordinal_smoothing_loss(config.ordinal_smoothing, config.label_smoothing)
+            if config.ordinal_smoothing or config.label_smoothing
             else "sparse_categorical_crossentropy")
 
-    def run_phase(phase, epochs, learning_rate):
+    def run_phase(phase, epochs, learning_rate, fine_tune=False):
         if epochs <= 0:
             return
-        model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss,
+        averaging = dict(use_ema=True, ema_momentum=0.99) if fine_tune and config.ema else {}
+        if fine_tune and config.weight_decay:
+            optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay,
+                                               **averaging)
+        else:
+            optimizer = keras.optimizers.Adam(learning_rate, **averaging)
+        model.compile(optimizer=optimizer, loss=loss,
                       metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
         timer = _ThroughputLogger(examples_per_epoch, phase)
         logger.info("%s: %d epochs, %d trainable weights", phase, epochs,
@@ -328,9 +379,13 @@ def train(config: ModelConfig, train_ds: tf.data.Dataset, eval_ds: tf.data.Datas
     backbone.trainable = True
     for layer in backbone.layers[:config.finetune_from]:
         layer.trainable = False
-    steps = max(1, -(-examples_per_epoch // config.batch_size)) * max(1, config.finetune_epochs)
-    run_phase("fine-tune", config.finetune_epochs,
-              keras.optimizers.schedules.CosineDecay(config.finetune_lr, steps))
+    steps_per_epoch = max(1, -(-examples_per_epoch // config.batch_size))
+    warmup = steps_per_epoch * config.warmup_epochs
+    decay = steps_per_epoch * max(1, config.finetune_epochs - config.warmup_epochs)
+    schedule = (keras.optimizers.schedules.CosineDecay(
+        0.0, decay, warmup_target=config.finetune_lr, warmup_steps=warmup) if warmup
+        else keras.optimizers.schedules.CosineDecay(config.finetune_lr, decay))
+    run_phase("fine-tune", config.finetune_epochs, schedule, fine_tune=True)
     return model, history, stats
 
 

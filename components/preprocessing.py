@@ -24,6 +24,11 @@ CLAHE_GRID = 8  # tiles per side, as in the common 8x8 default
 CLAHE_CLIP_LIMIT = None  # no clipping: see the module docstring
 _BINS = 256
 
+# Clip limit of each of features.EQUALISATIONS ("none" skips equalisation): unclipped
+# AHE is the default, 2.0 is the classic CLAHE setting.
+_CLIP_LIMITS = {"ahe": CLAHE_CLIP_LIMIT, "clahe": 2.0}
+DEFAULT_EQUALISATION = "ahe"
+
 
 def decode_image(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
     """Decodes one PNG/JPEG/BMP/GIF to a gray float image of `image_size` squared.
@@ -114,20 +119,30 @@ def clahe(images: tf.Tensor, grid: int = CLAHE_GRID,
     return tf.clip_by_value(out, 0.0, 1.0)[..., None]
 
 
-def preprocess_images(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
+def preprocess_images(image_bytes: tf.Tensor, image_size: int,
+                      equalisation: str = DEFAULT_EQUALISATION) -> tf.Tensor:
     """Encoded images -> float32 [N, image_size, image_size, 1] in [0, 1], enhanced.
 
     Args:
       image_bytes: tf.string of any shape whose elements are encoded images.
       image_size: output size; a multiple of CLAHE_GRID.
+      equalisation: one of features.EQUALISATIONS.
+
+    Raises:
+      ValueError: unknown `equalisation`.
     """
+    if equalisation not in features.EQUALISATIONS:
+        raise ValueError(f"equalisation must be one of {features.EQUALISATIONS}, "
+                         f"got {equalisation!r}")
     flat = tf.reshape(image_bytes, [-1])
     images = tf.map_fn(
         lambda b: decode_image(b, image_size),
         flat,
         fn_output_signature=tf.TensorSpec([image_size, image_size, 1], tf.float32),
     )
-    return clahe(images)
+    if equalisation == "none":
+        return images
+    return clahe(images, clip_limit=_CLIP_LIMITS[equalisation])
 
 
 def preprocessing_fn(inputs, custom_config):
@@ -135,13 +150,16 @@ def preprocessing_fn(inputs, custom_config):
 
     Args:
       inputs: raw features (see components/features.py).
-      custom_config: {"image_size": int} from the pipeline config.
+      custom_config: {"image_size": int, "equalisation": str (optional)} from the
+        pipeline config.
 
     Returns:
       The model's input image and the label.
     """
     size = int(custom_config["image_size"])
+    equalisation = custom_config.get("equalisation", DEFAULT_EQUALISATION)
     return {
-        features.TRANSFORMED_IMAGE_KEY: preprocess_images(inputs[features.IMAGE_KEY], size),
+        features.TRANSFORMED_IMAGE_KEY: preprocess_images(inputs[features.IMAGE_KEY], size,
+                                                          equalisation),
         features.LABEL_KEY: tf.reshape(inputs[features.LABEL_KEY], [-1]),
     }

@@ -75,7 +75,8 @@ def create_pipeline(
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
         preprocessing_fn=_python_path(preprocessing_fn),
-        custom_config={"image_size": model_config.image_size})
+        custom_config={"image_size": model_config.image_size,
+                       "equalisation": model_config.equalisation})
     transform.add_upstream_node(anomaly_gate)
 
     data_args = dict(
