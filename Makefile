@@ -5,7 +5,6 @@
 VENV := .venv
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
-export TF_USE_LEGACY_KERAS := 1
 
 .PHONY: setup demo pipeline test lock
 

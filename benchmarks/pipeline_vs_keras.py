@@ -27,13 +27,14 @@ def _plain_keras(ingested: str, config) -> dict:
     """tf.data straight from the ingested TFRecords + Keras fit; no TFX, no Beam."""
     import tensorflow as tf
 
-    from components import features, model, preprocessing
+    from components import features, preprocessing, train
 
     spec = {features.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string),
             features.LABEL_KEY: tf.io.FixedLenFeature([], tf.int64)}
 
     def _decode(parsed):
-        images = preprocessing.preprocess_images(parsed[features.IMAGE_KEY], config.image_size)
+        images = preprocessing.preprocess_images(parsed[features.IMAGE_KEY], config.image_size,
+                                                      config.equalisation)
         return images, parsed[features.LABEL_KEY]
 
     def dataset(split, shuffle):
@@ -52,8 +53,8 @@ def _plain_keras(ingested: str, config) -> dict:
     for _, labels in train_ds:
         for label in labels.numpy():
             counts[int(label)] += 1
-    trained, history, stats = model.train(
-        config, train_ds, eval_ds, model.class_weights(counts, config.class_weighting),
+    trained, history, stats = train.train(
+        config, train_ds, eval_ds, train.class_weights(counts, config.class_weighting),
         sum(counts))
     wall = time.perf_counter() - start
     return {
@@ -80,7 +81,7 @@ def main(argv=None) -> int:
     from pipeline.cli import setup_logging
     setup_logging()
     from components import atomic_dir, evaluation, ingestion
-    from components import model as model_lib
+    from components import export
     from pipeline import configs, local_runner
     from pipeline import params as params_lib
 
@@ -107,7 +108,7 @@ def main(argv=None) -> int:
     record = local_runner.run(params, workdir)
     pipeline_seconds = time.perf_counter() - start
     quality = evaluation.load_grade_metrics(record.outputs["Evaluator.evaluation"])
-    training = model_lib.read_training_record(
+    training = export.read_training_record(
         os.path.join(record.outputs["Trainer.model"], "Format-Serving"))
     total = report.total_images
     seconds = record.component_seconds

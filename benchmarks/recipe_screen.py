@@ -3,7 +3,7 @@
 The full pipeline spends minutes per run on ExampleGen, Transform and the Evaluator. To
 find what limits accuracy, this script preprocesses the films once per equalisation mode
 with the pipeline's own graph (`components.preprocessing.preprocess_images`, cached as
-uint8 arrays under build/recipe_screen/), then trains `components.model.train` for each
+uint8 arrays under build/recipe_screen/), then trains `components.train.train` for each
 variant (ModelConfig overrides on top of a base params file) and scores the validation
 split with the Evaluator's metric code (`components.metrics`). Each variant is reported
 as ratios to the first one (the baseline) measured in the same run; the chosen recipe is
@@ -104,17 +104,17 @@ def _scores(logits, labels):
 def _run_variant(base, overrides, data, seed_offset=0):
     import numpy as np
 
-    from components import model as model_lib
+    from components import post_hoc, train
 
     config = base.with_overrides(overrides)
     train_images, train_grades, val_images, val_grades = data[config.equalisation]
     train_ds = _dataset(train_images, train_grades, config.batch_size, config.seed)
     val_ds = _dataset(val_images, val_grades, 64)
     counts = np.bincount(train_grades, minlength=5).tolist()
-    weights = model_lib.class_weights(counts, config.class_weighting)
+    weights = train.class_weights(counts, config.class_weighting)
     start = time.perf_counter()
-    model, history, stats = model_lib.train(config, train_ds, val_ds, weights, len(train_grades))
-    _, served, labels, plain = model_lib._collect(model, val_ds, tta=True)  # pylint: disable=protected-access
+    model, history, stats = train.train(config, train_ds, val_ds, weights, len(train_grades))
+    _, served, labels, plain = post_hoc.collect(model, val_ds, tta=True)
     return {
         "config": overrides,
         "minutes": (time.perf_counter() - start) / 60,

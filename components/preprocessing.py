@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from components import features
 
-CLAHE_GRID = 8  # tiles per side, as in the common 8x8 default
+CLAHE_GRID = features.IMAGE_SIZE_MULTIPLE  # tiles per side, the common 8x8 default
 CLAHE_CLIP_LIMIT = None  # no clipping: see the module docstring
 _BINS = 256
 

@@ -22,17 +22,10 @@ from tfx.types import artifact_utils, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionParameter
 from tfx.utils import io_utils
 
-from components import evaluation, model
+from components import evaluation, export
+from components.features import model_card_path
 
 logger = logging.getLogger(__name__)
-
-MODEL_CARD_FILE = "model_card.json"
-
-
-def model_card_path(version_dir: str) -> str:
-    """Where the model card of a pushed version lives."""
-    return os.path.join(version_dir, "assets.extra", MODEL_CARD_FILE)
-
 
 def next_version(base_dir: str) -> int:
     """Current Unix second, or one more than the newest existing version if that is later."""
@@ -101,7 +94,7 @@ class Executor(tfx_pusher_executor.Executor):
         _remove(staging)
         try:
             io_utils.copy_dir(source, staging)
-            training = model.read_training_record(source)
+            training = export.read_training_record(source)
             card = {
                 "model_name": exec_properties["model_name"],
                 "version": version,

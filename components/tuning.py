@@ -3,7 +3,7 @@
 keras-tuner 1.4 builds and fits Keras 3 models, while this project trains tf_keras
 (Keras 2) models, so its stock `Tuner` refuses our model. `KoaTuner` therefore drives the
 search itself: keras-tuner's oracle proposes hyper-parameters, each trial trains with the
-project's own `model.train` (head phase, then a short fine-tune) and reports the best
+project's own `train.train` (head phase, then a short fine-tune) and reports the best
 validation accuracy; the oracle records it. The TFX Tuner executor only needs the oracle's
 best hyper-parameters, which the Trainer then receives (`run_fn` applies them over
 params.yaml's settings).
@@ -19,7 +19,8 @@ import keras_tuner
 import tensorflow_transform as tft
 from tfx import v1 as tfx
 
-from components import model
+from components import train
+from components.model_config import ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -36,15 +37,10 @@ def search_space(hp: keras_tuner.HyperParameters) -> None:
     hp.Choice("class_weighting", ["sqrt", "balanced"])
 
 
-def hyperparameter_values(config: Dict) -> Dict:
-    """ModelConfig overrides from a serialized HyperParameters (the Tuner's output)."""
-    return dict(keras_tuner.HyperParameters.from_config(config).values)
-
-
 class KoaTuner(keras_tuner.engine.base_tuner.BaseTuner):
-    """Random search whose trials train with `components.model.train`."""
+    """Random search whose trials train with `components.train.train`."""
 
-    def __init__(self, base_config: model.ModelConfig, train_ds, eval_ds, counts,
+    def __init__(self, base_config: ModelConfig, train_ds, eval_ds, counts,
                  directory: str, project_name: str = "koa"):
         hyperparameters = keras_tuner.HyperParameters()
         search_space(hyperparameters)
@@ -61,9 +57,9 @@ class KoaTuner(keras_tuner.engine.base_tuner.BaseTuner):
         config = self._base.with_overrides(
             {**trial.hyperparameters.values, "finetune_epochs": self._base.tuner_epochs})
         logger.info("trial %s: %s", trial.trial_id, trial.hyperparameters.values)
-        _, history, _ = model.train(
+        _, history, _ = train.train(
             config, self._train_ds, self._eval_ds,
-            model.class_weights(self._counts, config.class_weighting), sum(self._counts))
+            train.class_weights(self._counts, config.class_weighting), sum(self._counts))
         best = max(history[OBJECTIVE])
         logger.info("trial %s: best %s %.4f", trial.trial_id, OBJECTIVE, best)
         return {OBJECTIVE: best}
@@ -71,9 +67,9 @@ class KoaTuner(keras_tuner.engine.base_tuner.BaseTuner):
 
 def tuner_fn(fn_args) -> tfx.components.TunerFnResult:
     """TFX Tuner entry point."""
-    config = model.ModelConfig.from_dict(dict(fn_args.custom_config or {}))
+    config = ModelConfig.from_dict(dict(fn_args.custom_config or {}))
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
-    train_ds, eval_ds, counts = model.datasets(fn_args, tf_transform_output, config)
+    train_ds, eval_ds, counts = train.datasets(fn_args, tf_transform_output, config)
     logger.info("tuning %d trials of %d fine-tune epochs over %s", config.tuner_trials,
                 config.tuner_epochs, dataclasses.asdict(config))
     tuner = KoaTuner(config, train_ds, eval_ds, counts, directory=fn_args.working_dir)

@@ -7,7 +7,7 @@ from typing import Dict, List
 import yaml
 
 from components import features
-from components.model import ModelConfig
+from components.model_config import ModelConfig
 
 
 class ParamsError(ValueError):

@@ -8,7 +8,8 @@ from tfx import v1 as tfx
 
 from components import features
 from components.anomaly_gate import AnomalyGate
-from components.model import ModelConfig, run_fn
+from components.model_config import ModelConfig
+from components.train import run_fn
 from components.preprocessing import preprocessing_fn
 from components.serving_pusher import ServingPusher
 from components.tuning import tuner_fn

@@ -5,7 +5,7 @@ import logging
 import os
 from typing import Dict
 
-from components import atomic_dir, evaluation, features, model
+from components import atomic_dir, evaluation, export, features
 from pipeline.run_record import RunRecord
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def write_report(record: RunRecord, out_dir: str) -> Dict:
     model_dir = record.outputs.get("Trainer.model")
     training = {}
     if model_dir:
-        training = model.read_training_record(os.path.join(model_dir, "Format-Serving"))
+        training = export.read_training_record(os.path.join(model_dir, "Format-Serving"))
         stats = training["stats"]
         flat["train_images_per_second"] = stats.get("train_images_per_second")
         flat["train_minutes"] = round(stats.get("train_seconds", 0.0) / 60.0, 2)

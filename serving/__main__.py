@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 
+from components import features
 from serving import flags
 from serving.server import ModelServer, StartupError
 
@@ -34,8 +35,7 @@ def main(argv=None) -> int:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=os.environ.get("KOA_SERVING_LOG_LEVEL", "INFO"),
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # Keras 2 (tf_keras) is the project's Keras; set before TensorFlow loads.
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    features.select_keras_2()  # before TensorFlow loads
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     try:
         server = ModelServer(options)

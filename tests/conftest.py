@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from components import features
+
 # Same Keras flavour as the product code, before anything imports TensorFlow.
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
+features.select_keras_2()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parent.parent

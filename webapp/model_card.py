@@ -11,10 +11,10 @@ import os
 import threading
 from typing import Optional, Sequence
 
+from components import features
+
 logger = logging.getLogger(__name__)
 
-CARD_DIR = "assets.extra"
-CARD_FILE = "model_card.json"
 
 
 class ModelCardError(ValueError):
@@ -28,7 +28,7 @@ _cache: dict = {}
 
 def card_path(model_base_path: str, version: int) -> str:
     """Returns where the card of ``version`` lives."""
-    return os.path.join(model_base_path, str(int(version)), CARD_DIR, CARD_FILE)
+    return features.model_card_path(os.path.join(model_base_path, str(int(version))))
 
 
 def _check_schema(card: dict, path: str) -> None:

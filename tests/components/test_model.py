@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components import model
+from components import model, train
+from components.model_config import ModelConfig
 from conftest import shared_dir
 
 WEIGHTS = shared_dir() / "weights" / "mobilenet_v2_0.35_224_no_top.h5"
@@ -13,18 +14,18 @@ WEIGHTS = shared_dir() / "weights" / "mobilenet_v2_0.35_224_no_top.h5"
 def test_class_weights_favour_rare_grades_and_average_one():
     counts = [2286, 1046, 1516, 757, 173]
     for mode in ("balanced", "sqrt"):
-        weights = model.class_weights(counts, mode)
+        weights = train.class_weights(counts, mode)
         assert weights[4] > weights[3] > weights[2] > weights[0]
         mean = sum(weights[g] * c for g, c in enumerate(counts)) / sum(counts)
         assert mean == pytest.approx(1.0)
-    balanced = model.class_weights(counts, "balanced")
+    balanced = train.class_weights(counts, "balanced")
     assert balanced[4] * counts[4] == pytest.approx(balanced[0] * counts[0])
-    assert model.class_weights(counts, "none") is None
+    assert train.class_weights(counts, "none") is None
 
 
 def test_class_weights_refuse_a_missing_grade():
     with pytest.raises(ValueError, match=r"grade\(s\) \[4\]"):
-        model.class_weights([10, 10, 10, 10, 0], "balanced")
+        train.class_weights([10, 10, 10, 10, 0], "balanced")
 
 
 @pytest.mark.parametrize("values, message", [
@@ -36,17 +37,17 @@ def test_class_weights_refuse_a_missing_grade():
 ])
 def test_invalid_model_config_is_named(values, message):
     with pytest.raises(ValueError, match=message):
-        model.ModelConfig.from_dict(values)
+        ModelConfig.from_dict(values)
 
 
 def test_missing_weights_file_is_a_clear_error(tmp_path):
-    config = model.ModelConfig(image_size=64, weights=str(tmp_path / "nope.h5"))
+    config = ModelConfig(image_size=64, weights=str(tmp_path / "nope.h5"))
     with pytest.raises(FileNotFoundError, match="nope.h5"):
         model.build_model(config)
 
 
 def test_augmentation_only_acts_in_training():
-    net = model.build_model(model.ModelConfig(image_size=64, weights="none"))
+    net = model.build_model(ModelConfig(image_size=64, weights="none"))
     images = np.random.default_rng(0).random((4, 64, 64, 1)).astype("float32")
     inference = [net(images, training=False).numpy() for _ in range(2)]
     np.testing.assert_array_equal(inference[0], inference[1])
@@ -56,7 +57,7 @@ def test_augmentation_only_acts_in_training():
 
 @pytest.mark.skipif(not WEIGHTS.is_file(), reason=f"shared weights not found at {WEIGHTS}")
 def test_imagenet_weights_load_from_a_local_file():
-    config = model.ModelConfig(image_size=96, weights=str(WEIGHTS))
+    config = ModelConfig(image_size=96, weights=str(WEIGHTS))
     net = model.build_model(config)
     backbone = net.get_layer("backbone")
     assert backbone.count_params() == 410_208
@@ -66,7 +67,7 @@ def test_imagenet_weights_load_from_a_local_file():
 
 
 def test_ordinal_head_gives_ordered_valid_probabilities():
-    net = model.build_model(model.ModelConfig(image_size=32, weights="none", head="ordinal"))
+    net = model.build_model(ModelConfig(image_size=32, weights="none", head="ordinal"))
     head = net.get_layer("logits")
     images = np.random.default_rng(1).random((6, 32, 32, 1)).astype("float32")
     probabilities = net(images, training=False).numpy()
@@ -95,7 +96,7 @@ def test_ordinal_head_probabilities_follow_the_cumulative_link():
 
 
 def test_overrides_are_checked_like_the_config():
-    config = model.ModelConfig(image_size=64)
+    config = ModelConfig(image_size=64)
     assert config.with_overrides({"head": "ordinal"}).head == "ordinal"
     with pytest.raises(ValueError, match="head"):
         config.with_overrides({"head": "regression"})
@@ -104,7 +105,7 @@ def test_overrides_are_checked_like_the_config():
 
 
 def test_ordinal_smoothing_loss_charges_far_misses_more_than_near_ones():
-    loss = model.ordinal_smoothing_loss(0.2)
+    loss = train.ordinal_smoothing_loss(0.2)
     labels = tf.constant([[2], [2], [0]])
     near = tf.constant([[0.05, 0.8, 0.05, 0.05, 0.05]] * 2 + [[0.05, 0.8, 0.05, 0.05, 0.05]])
     far = tf.constant([[0.05, 0.05, 0.05, 0.05, 0.8]] * 2 + [[0.05, 0.05, 0.05, 0.05, 0.8]])
@@ -113,5 +114,5 @@ def test_ordinal_smoothing_loss_charges_far_misses_more_than_near_ones():
     target = tf.constant([[0.0, 0.1, 0.8, 0.1, 0.0], [0.8, 0.2, 0.0, 0.0, 0.0]])
     expected = -np.sum(np.where(target > 0, target * np.log(np.maximum(target, 1e-12)), 0), -1)
     np.testing.assert_allclose(loss(tf.constant([2, 0]), target).numpy(), expected, rtol=1e-4)
-    assert model.ordinal_smoothing_loss(0.0)(tf.constant([1]), near[:1]).numpy() == pytest.approx(
+    assert train.ordinal_smoothing_loss(0.0)(tf.constant([1]), near[:1]).numpy() == pytest.approx(
         -np.log(0.8), rel=1e-5)

@@ -2,7 +2,8 @@
 
 import time
 
-from components.serving_pusher import model_card_path, next_version
+from components.features import model_card_path
+from components.serving_pusher import next_version
 
 
 def test_versions_are_unix_seconds_and_always_increase(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components import calibration, evaluation, features, model, non_knee
+from components import calibration, evaluation, export, features, non_knee
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def _examples(run, split):
 
 
 def _training_stats(run):
-    return model.read_training_record(
+    return export.read_training_record(
         os.path.join(run.record.outputs["Trainer.model"], "Format-Serving"))["stats"]
 
 

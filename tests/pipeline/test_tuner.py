@@ -7,12 +7,13 @@ import pytest
 import tensorflow as tf
 from tfx import v1 as tfx
 
-from components import evaluation, model, tuning
+from components import evaluation, train, tuning
+from components.model_config import ModelConfig
 from pipeline import pipeline as pipeline_lib
 
 
 def _build(create, tmp_path, **model_settings):
-    config = model.ModelConfig(image_size=32, weights="none", **model_settings)
+    config = ModelConfig(image_size=32, weights="none", **model_settings)
     return create(
         pipeline_name="koa-test", pipeline_root=str(tmp_path / "root"),
         examples_dir=str(tmp_path / "ingested"), schema_path=str(tmp_path / "schema.pbtxt"),
@@ -62,7 +63,7 @@ def _tiny_datasets(seed=0):
 
 
 def test_search_records_trials_and_its_best_values_configure_the_trainer(tmp_path):
-    base = model.ModelConfig(image_size=32, weights="none", head_epochs=0, batch_size=16,
+    base = ModelConfig(image_size=32, weights="none", head_epochs=0, batch_size=16,
                              tuner_trials=2, tuner_epochs=1)
     train_ds, eval_ds, counts = _tiny_datasets()
     tuner = tuning.KoaTuner(base, train_ds, eval_ds, counts, directory=str(tmp_path))
@@ -74,7 +75,7 @@ def test_search_records_trials_and_its_best_values_configure_the_trainer(tmp_pat
     assert 1e-4 <= best.values["finetune_lr"] <= 3e-3
 
     # What the TFX Tuner writes is what run_fn reads back and applies.
-    values = tuning.hyperparameter_values(best.get_config())
+    values = train.hyperparameter_values(best.get_config())
     tuned = base.with_overrides(values)
     assert (tuned.ordinal_smoothing, tuned.finetune_lr, tuned.dropout,
             tuned.class_weighting) == (values["ordinal_smoothing"],

@@ -1,0 +1,200 @@
+"""Training for the TFX Trainer: datasets, loss, class weights, the two-phase fit, `run_fn`.
+
+The Trainer calls `run_fn`. Settings arrive in `fn_args.custom_config` (params.yaml's
+`model:` section, documented by `components.model_config.ModelConfig`); when the pipeline
+has a Tuner, its best hyper-parameters override them.
+"""
+
+import dataclasses
+import logging
+import os
+import platform
+import time
+from typing import Dict, List, Optional
+
+import tensorflow as tf
+import tensorflow_transform as tft
+from tfx_bsl.public import tfxio
+
+from components import export, features, post_hoc
+from components.model import BACKBONE, build_model
+from components.model_config import ModelConfig
+
+keras = tf.keras
+logger = logging.getLogger(__name__)
+
+
+def ordinal_smoothing_loss(smoothing: float, uniform: float = 0.0):
+    """Cross-entropy against targets that give `smoothing` of the mass to the grades next to
+    the label (all of it to the one neighbour of grade 0 or 4), then spread `uniform` of
+    the result evenly over all grades (label smoothing). Labels are sparse, [N] or
+    [N, 1]."""
+    def loss(labels, probabilities):
+        grade = tf.cast(tf.reshape(labels, [-1]), tf.int32)
+        # one_hot of -1 or NUM_GRADES is all zeros: the edge grades have one neighbour.
+        neighbours = (tf.one_hot(grade - 1, features.NUM_GRADES)
+                      + tf.one_hot(grade + 1, features.NUM_GRADES))
+        neighbours /= tf.reduce_sum(neighbours, axis=-1, keepdims=True)
+        target = (1.0 - smoothing) * tf.one_hot(grade, features.NUM_GRADES) + smoothing * neighbours
+        target = (1.0 - uniform) * target + uniform / features.NUM_GRADES
+        return keras.losses.categorical_crossentropy(target, probabilities)
+
+    loss.__name__ = "ordinal_smoothing_crossentropy"
+    return loss
+
+
+def class_weights(counts: List[int], mode: str) -> Optional[Dict[int, float]]:
+    """Per-grade loss weights from training counts; the mean weight per example is 1."""
+    if mode == "none":
+        return None
+    missing = [g for g, c in enumerate(counts) if c == 0]
+    if missing:
+        raise ValueError(f"no training examples of grade(s) {missing}")
+    total = sum(counts)
+    raw = [total / (len(counts) * c) for c in counts]
+    if mode == "sqrt":
+        raw = [w ** 0.5 for w in raw]
+    scale = total / sum(w * c for w, c in zip(raw, counts))
+    return {g: w * scale for g, w in enumerate(raw)}
+
+
+def _dataset(fn_args, tf_transform_output, batch_size: int, shuffle: bool,
+             seed: int) -> tf.data.Dataset:
+    return fn_args.data_accessor.tf_dataset_factory(
+        fn_args.train_files if shuffle else fn_args.eval_files,
+        tfxio.TensorFlowDatasetOptions(
+            batch_size=batch_size, label_key=features.LABEL_KEY, num_epochs=1,
+            shuffle=shuffle, shuffle_seed=seed, shuffle_buffer_size=1024),
+        tf_transform_output.transformed_metadata.schema,
+    ).prefetch(tf.data.AUTOTUNE)
+
+
+def datasets(fn_args, tf_transform_output, config: ModelConfig):
+    """Training (shuffled) and validation datasets of the Transform output, and the
+    training examples per grade."""
+    train_ds = _dataset(fn_args, tf_transform_output, config.batch_size, True, config.seed)
+    eval_ds = _dataset(fn_args, tf_transform_output, config.batch_size, False, config.seed)
+    counts = _label_counts(train_ds)
+    logger.info("training examples per grade: %s", counts)
+    return train_ds, eval_ds, counts
+
+
+def _label_counts(dataset: tf.data.Dataset) -> List[int]:
+    counts = [0] * features.NUM_GRADES
+    for _, labels in dataset:
+        for grade, n in zip(*tf.unique_with_counts(tf.reshape(labels, [-1]))[::2]):
+            g = int(grade)
+            if not 0 <= g < features.NUM_GRADES:
+                raise ValueError(f"label {g} outside 0..{features.NUM_GRADES - 1}")
+            counts[g] += int(n)
+    return counts
+
+
+class _ThroughputLogger(keras.callbacks.Callback):
+    """Logs each epoch's wall time and training images/s."""
+
+    def __init__(self, examples_per_epoch: int, phase: str):
+        super().__init__()
+        self._examples = examples_per_epoch
+        self._phase = phase
+        self.epoch_seconds: List[float] = []
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self._start
+        self.epoch_seconds.append(seconds)
+        shown = " ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items()))
+        logger.info("%s epoch %d: %.1fs, %.1f images/s, %s", self._phase, epoch + 1,
+                    seconds, self._examples / seconds, shown)
+
+
+def train(config: ModelConfig, train_ds: tf.data.Dataset, eval_ds: tf.data.Dataset,
+          weights: Optional[Dict[int, float]], examples_per_epoch: int):
+    """Frozen-backbone head training, then fine-tuning. Returns (model, history, stats)."""
+    keras.utils.set_random_seed(config.seed)
+    model = build_model(config)
+    backbone = model.get_layer(BACKBONE)
+    history: Dict[str, List[float]] = {}
+    stats = {"train_seconds": 0.0, "train_images": 0}
+    loss = (ordinal_smoothing_loss(config.ordinal_smoothing, config.label_smoothing)
+            if config.ordinal_smoothing or config.label_smoothing
+            else "sparse_categorical_crossentropy")
+
+    def run_phase(phase, epochs, learning_rate, fine_tune=False):
+        if epochs <= 0:
+            return
+        averaging = dict(use_ema=True, ema_momentum=0.99) if fine_tune and config.ema else {}
+        if fine_tune and config.weight_decay:
+            optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay,
+                                               **averaging)
+        else:
+            optimizer = keras.optimizers.Adam(learning_rate, **averaging)
+        model.compile(optimizer=optimizer, loss=loss,
+                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+        timer = _ThroughputLogger(examples_per_epoch, phase)
+        logger.info("%s: %d epochs, %d trainable weights", phase, epochs,
+                    len(model.trainable_weights))
+        result = model.fit(train_ds, validation_data=eval_ds, epochs=epochs,
+                           class_weight=weights, callbacks=[timer], verbose=0)
+        for key, values in result.history.items():
+            history.setdefault(key, []).extend(float(v) for v in values)
+        stats["train_seconds"] += sum(timer.epoch_seconds)
+        stats["train_images"] += examples_per_epoch * epochs
+
+    backbone.trainable = False
+    run_phase("head", config.head_epochs, config.head_lr)
+    backbone.trainable = True
+    for layer in backbone.layers[:config.finetune_from]:
+        layer.trainable = False
+    steps_per_epoch = max(1, -(-examples_per_epoch // config.batch_size))
+    warmup = steps_per_epoch * config.warmup_epochs
+    decay = steps_per_epoch * max(1, config.finetune_epochs - config.warmup_epochs)
+    schedule = (keras.optimizers.schedules.CosineDecay(
+        0.0, decay, warmup_target=config.finetune_lr, warmup_steps=warmup) if warmup
+        else keras.optimizers.schedules.CosineDecay(config.finetune_lr, decay))
+    run_phase("fine-tune", config.finetune_epochs, schedule, fine_tune=True)
+    return model, history, stats
+
+
+def _hardware() -> str:
+    """What trained the model, for the experiment record."""
+    gpus = tf.config.list_physical_devices("GPU")
+    return (f"{len(os.sched_getaffinity(0))} CPU cores ({platform.machine()}), "
+            + (f"{len(gpus)} GPU" if gpus else "no GPU"))
+
+
+def hyperparameter_values(config: Dict) -> Dict:
+    """ModelConfig overrides from a serialized keras-tuner HyperParameters (the Tuner's
+    output)."""
+    import keras_tuner  # only where a Tuner ran
+    return dict(keras_tuner.HyperParameters.from_config(config).values)
+
+
+def run_fn(fn_args) -> None:
+    """TFX Trainer entry point.
+
+    Settings come from `fn_args.custom_config`; when the pipeline has a Tuner, its best
+    hyper-parameters (`fn_args.hyperparameters`) override them.
+    """
+    config = ModelConfig.from_dict(dict(fn_args.custom_config or {}))
+    tuned = getattr(fn_args, "hyperparameters", None)
+    if tuned:
+        config = config.with_overrides(hyperparameter_values(tuned))
+    logger.info("training with %s", config)
+    tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
+    train_ds, eval_ds, counts = datasets(fn_args, tf_transform_output, config)
+    weights = class_weights(counts, config.class_weighting)
+    if weights:
+        logger.info("class weights: %s", {g: round(w, 3) for g, w in weights.items()})
+    model, history, stats = train(config, train_ds, eval_ds, weights, sum(counts))
+    stats["train_images_per_second"] = (
+        stats["train_images"] / stats["train_seconds"] if stats["train_seconds"] else 0.0)
+    stats.update(post_hoc.fit(model, config, train_ds, eval_ds))
+    stats["config"] = dataclasses.asdict(config)
+    stats["hardware"] = _hardware()
+    export.export(model, tf_transform_output, fn_args.serving_model_dir, history, stats,
+           tta=config.tta)
+    logger.info("exported SavedModel to %s", fn_args.serving_model_dir)
