@@ -7,8 +7,8 @@ setup(
     version="0.1.0",
     description="Knee osteoarthritis KL grading: TFX pipeline, TF Serving API server, web UI",
     python_requires=">=3.9,<3.11",
-    packages=find_packages(include=["components*", "pipeline*", "serving*", "webapp*"]),
+    packages=find_packages(include=["components*", "koa*", "pipeline*", "serving*", "webapp*"]),
     include_package_data=True,
     package_data={"pipeline": ["*.pbtxt"], "webapp": ["templates/**/*", "static/**/*", "migrations/**/*"]},
-    entry_points={"console_scripts": ["koa=pipeline.cli:main"]},
+    entry_points={"console_scripts": ["koa=koa.cli:main"]},
 )

@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from components import atomic_dir
-    from pipeline.cli import setup_logging
+    from koa.cli import setup_logging
     setup_logging()
     result = _probe_scores(args.model, args.eval_dir, args.image_size)
     result["when"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

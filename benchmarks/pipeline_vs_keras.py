@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="benchmarks/results/pipeline_vs_keras.json")
     args = parser.parse_args(argv)
 
-    from pipeline.cli import setup_logging
+    from koa.cli import setup_logging
     setup_logging()
     from components import atomic_dir, evaluation, ingestion
     from components import export

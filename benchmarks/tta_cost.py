@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from components import atomic_dir
-    from pipeline.cli import setup_logging
+    from koa.cli import setup_logging
     setup_logging()
     files = sorted(glob.glob(os.path.join(args.images, "*.png"))
                    + glob.glob(os.path.join(args.images, "*.jpg")))[:64]

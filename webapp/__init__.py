@@ -5,7 +5,7 @@ The web process never imports TensorFlow: it reaches the model only through
 """
 
 import os
-from typing import Optional
+from typing import Mapping, Optional
 
 from flask import Flask, jsonify
 from flask_wtf.csrf import CSRFProtect
@@ -27,12 +27,13 @@ def _security_headers(response):
     return response
 
 
-def create_app(test_config: Optional[dict] = None) -> Flask:
+def create_app(config: Optional[Mapping[str, object]] = None) -> Flask:
     """Builds the web app.
 
     Args:
-        test_config: Config overriding the environment (tests pass their own
-            ``SECRET_KEY``, ``DATABASE_URL`` and serving target here).
+        config: Flask config keys that take precedence over the environment's settings
+            (``koa up`` and the tests pass ``SECRET_KEY``, ``DATABASE_URL`` and the
+            serving target here); nothing needs to be put into ``os.environ``.
 
     Returns:
         The configured Flask app (the database is not touched: migrations are
@@ -43,8 +44,8 @@ def create_app(test_config: Optional[dict] = None) -> Flask:
     """
     app = Flask(__name__, instance_relative_config=True)
     app.config.update(config_module.from_environment(app.instance_path))
-    if test_config is not None:
-        app.config.update(test_config)
+    if config is not None:
+        app.config.update(config)
     if not app.config.get("SECRET_KEY"):
         raise config_module.ConfigError(
             "SECRET_KEY is not set: export a long random value, e.g. "
@@ -59,7 +60,6 @@ def create_app(test_config: Optional[dict] = None) -> Flask:
         admin,
         api,
         auth,
-        cli,
         db,
         errors,
         history,
@@ -75,7 +75,6 @@ def create_app(test_config: Optional[dict] = None) -> Flask:
     # The API authenticates with bearer tokens, not cookies, so CSRF cannot apply.
     csrf.exempt(api.bp)
     errors.init_app(app)
-    cli.init_app(app)
     for blueprint in (
         auth.bp,
         predict.bp,

@@ -3,7 +3,6 @@
 Entry points:
     ``serve_main(argv)``  - what ``koa web`` runs: migrate, then serve with waitress.
     ``main(argv)``        - ``python -m webapp {serve,upgrade-db,create-admin,create-user}``.
-The same management commands are also Flask CLI commands (``flask --app webapp ...``).
 """
 
 import argparse
@@ -12,10 +11,8 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-import click
 import sqlalchemy as sa
 from flask import Flask
-from flask.cli import with_appcontext
 
 logger = logging.getLogger(__name__)
 
@@ -79,27 +76,6 @@ def count_users(app: Flask) -> int:
 
     with app.app_context():
         return db.get_session().scalar(sa.select(sa.func.count()).select_from(User))
-
-
-def init_app(app: Flask) -> None:
-    """Registers the management commands as Flask CLI commands."""
-
-    @app.cli.command("upgrade-db")
-    def upgrade_db_command():
-        """Apply the database migrations."""
-        click.echo(f"database at revision {upgrade_database(app)}")
-
-    @app.cli.command("create-admin")
-    @click.option("--username", required=True)
-    @click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
-    @with_appcontext
-    def create_admin_command(username, password_stdin):
-        """Create an administrator account."""
-        try:
-            user = create_account(app, username, _read_password(password_stdin), "admin")
-        except CommandError as e:
-            raise click.ClickException(str(e)) from e
-        click.echo(f"admin {user.username} created")
 
 
 def _serve_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:

@@ -110,18 +110,3 @@ def test_missing_secret_key_is_a_clear_error(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/x.sqlite")
     assert cli.main(["upgrade-db"]) == 2
     assert "SECRET_KEY is not set" in caplog.text
-
-
-def test_flask_cli_commands(env):
-    app = create_app()
-    runner = app.test_cli_runner()
-    result = runner.invoke(args=["upgrade-db"])
-    assert result.exit_code == 0, result.output
-    result = runner.invoke(
-        args=["create-admin", "--username", "boss", "--password-stdin"], input="boss-password-123\n"
-    )
-    assert result.exit_code == 0, result.output
-    with app.app_context():
-        user = db.get_session().scalar(sa.select(User))
-    assert (user.username, user.role) == ("boss", "admin")
-    db.engine_of(app).dispose()

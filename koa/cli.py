@@ -1,5 +1,10 @@
 """`koa`: the project's command line (data, pipeline, Kubeflow compile, server, web UI)."""
 
+from components import features
+
+features.select_keras_2()  # this is a process entry point: before anything loads TensorFlow
+
+# pylint: disable=wrong-import-position
 import argparse
 import logging
 import os
@@ -98,7 +103,7 @@ def _cmd_compile_kfp(args) -> int:
 
 
 def _cmd_up(args) -> int:
-    from pipeline import stack
+    from koa import stack
     return stack.up(args.project_dir, grpc_port=args.grpc_port, rest_port=args.rest_port,
                     web_port=args.web_port)
 
@@ -165,23 +170,41 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--web-port", type=int, default=5000)
     p.set_defaults(func=_cmd_up)
 
-    sub.add_parser("serve", add_help=False,
-                   help="start the model server (tensorflow_model_server flags)")
-    sub.add_parser("web", add_help=False, help="start the clinician web UI")
+    # serve and web own their flags (serve mirrors tensorflow_model_server's exactly):
+    # everything after the subcommand is theirs, including -h.
+    p = sub.add_parser("serve", add_help=False,
+                       help="start the model server (tensorflow_model_server flags)")
+    p.set_defaults(func=_cmd_serve)
+    p = sub.add_parser("web", add_help=False, help="start the clinician web UI")
+    p.set_defaults(func=_cmd_web)
     return parser
+
+
+def _cmd_serve(args) -> int:
+    from serving.__main__ import main as serve_main
+    return serve_main(args.passed_on)
+
+
+def _cmd_web(args) -> int:
+    from webapp.cli import serve_main
+    return serve_main(args.passed_on)
+
+
+_PASS_ON = ("serve", "web")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the `koa` console command."""
     argv: List[str] = list(sys.argv[1:] if argv is None else argv)
-    # serve and web own their flags (serve mirrors tensorflow_model_server's exactly).
-    if argv and argv[0] == "serve":
-        from serving.__main__ import main as serve_main
-        return serve_main(argv[1:])
-    if argv and argv[0] == "web":
-        from webapp.cli import serve_main
-        return serve_main(argv[1:])
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command in _PASS_ON:
+        # The subcommand's own parser sees its arguments, in order, even ones that look
+        # like ours.
+        args.passed_on = argv[argv.index(args.command) + 1:]
+        return args.func(args)
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     setup_logging(args.verbose)
     try:
         return args.func(args)
@@ -197,7 +220,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 _USER_ERRORS = (("components.anomaly_gate", "DataAnomalyError"),
                 ("components.ingestion", "IngestError"),
                 ("components.synthetic", "SyntheticError"),
-                ("pipeline.stack", "StackError"))
+                ("koa.stack", "StackError"))
 
 
 def _is_user_error(error: Exception) -> bool:

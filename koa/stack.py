@@ -53,11 +53,13 @@ def _secret_key(path: str) -> str:
     return key
 
 
-def _web_env(project_dir: str, grpc_port: int) -> Dict[str, str]:
+def _web_settings(project_dir: str, grpc_port: int) -> Dict[str, str]:
+    """The web app's settings for this system. Their environment-variable names equal
+    the Flask config keys (webapp/config.py), so one mapping configures the web process
+    (as its environment) and the app built here for the first admin (as its config)."""
     web_dir = os.path.abspath(os.path.join(project_dir, WEB_DIR))
     os.makedirs(web_dir, exist_ok=True)
     return {
-        **os.environ,
         "SECRET_KEY": os.environ.get("SECRET_KEY") or _secret_key(os.path.join(web_dir, "secret_key")),
         "DATABASE_URL": os.environ.get("DATABASE_URL")
         or f"sqlite:///{os.path.join(web_dir, 'koa.db')}",
@@ -65,29 +67,21 @@ def _web_env(project_dir: str, grpc_port: int) -> Dict[str, str]:
         "KOA_MODEL_NAME": configs.MODEL_NAME,
         "KOA_MODEL_BASE_PATH": os.path.abspath(
             os.path.join(project_dir, configs.SERVING_MODEL_DIR, configs.MODEL_NAME)),
-        # Plain HTTP on loopback for the local demo; behind TLS in production.
-        "KOA_INSECURE_COOKIES": os.environ.get("KOA_INSECURE_COOKIES", "1"),
     }
 
 
-def _first_admin(env: Dict[str, str]) -> str:
+def _first_admin(settings: Dict[str, str]) -> str:
     """Creates user 'admin' with a random password if there is no account; returns a hint."""
     from webapp import create_app
     from webapp.cli import count_users, create_account, upgrade_database
 
-    saved = dict(os.environ)
-    os.environ.update(env)
-    try:
-        app = create_app()
-        upgrade_database(app)
-        if count_users(app):
-            return "log in with an existing account (python -m webapp create-user to add one)"
-        password = secrets.token_urlsafe(12)
-        create_account(app, "admin", password, "admin")
-        return f"log in as 'admin' with the one-time password {password} (change it after login)"
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    app = create_app(settings)
+    upgrade_database(app)
+    if count_users(app):
+        return "log in with an existing account (python -m webapp create-user to add one)"
+    password = secrets.token_urlsafe(12)
+    create_account(app, "admin", password, "admin")
+    return f"log in as 'admin' with the one-time password {password} (change it after login)"
 
 
 def up(project_dir: str = ".", grpc_port: int = 8500, rest_port: int = 8501,
@@ -125,9 +119,11 @@ def up(project_dir: str = ".", grpc_port: int = 8500, rest_port: int = 8501,
         _wait("model server", lambda: b'"AVAILABLE"' in urllib.request.urlopen(
             status_url, timeout=2).read(), server, timeout)
 
-        env = _web_env(project_dir, grpc_port)
-        login_hint = _first_admin(env)
+        settings = _web_settings(project_dir, grpc_port)
+        login_hint = _first_admin(settings)
         logger.info("starting the web UI on :%d", web_port)
+        # Plain HTTP on loopback for the local demo; behind TLS in production.
+        env = {"KOA_INSECURE_COOKIES": "1", **os.environ, **settings}
         web = subprocess.Popen([sys.executable, "-m", "webapp", "serve", "--port",
                                 str(web_port)], env=env)
         children.append(web)

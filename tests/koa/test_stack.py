@@ -28,7 +28,7 @@ def test_up_serves_the_pushed_model_and_stops_everything(pipeline_run, tmp_path)
     grpc, rest, web = _free_port(), _free_port(), _free_port()
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'web.db'}"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "up", "--project-dir",
+        [sys.executable, "-m", "koa.cli", "up", "--project-dir",
          str(pipeline_run.project_dir), "--grpc-port", str(grpc), "--rest-port", str(rest),
          "--web-port", str(web)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True)

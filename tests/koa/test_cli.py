@@ -4,14 +4,15 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _koa(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "koa.cli", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=600)
 
 
@@ -65,3 +66,17 @@ def test_exp_args_print_what_dvc_exp_run_needs(tmp_path):
     missing = _koa("exp-args", str(tmp_path / "absent.yaml"), cwd=REPO)
     assert missing.returncode == 2 and "absent.yaml" in missing.stderr
     assert "Traceback" not in missing.stderr and missing.stdout == ""
+
+
+def test_serve_and_web_are_subcommands_that_own_their_flags(tmp_path):
+    web = _koa("web", "--help", cwd=tmp_path)
+    assert web.returncode == 0, web.stderr
+    assert web.stdout.startswith("usage: koa web")
+    serve = _koa("serve", "--port=notanumber", "--model_base_path=/nowhere", cwd=tmp_path)
+    assert serve.returncode != 0
+    assert "--port" in serve.stdout + serve.stderr
+    listed = _koa("--help", cwd=tmp_path)
+    assert "serve" in listed.stdout and "web" in listed.stdout
+    unknown = _koa("report", "--no-such-flag", cwd=tmp_path)
+    assert unknown.returncode == 2
+    assert "unrecognized arguments: --no-such-flag" in unknown.stderr
