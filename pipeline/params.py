@@ -50,9 +50,6 @@ class Params:
     gate: GateParams
     run: RunParams
 
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 def _section(cls, values, name):
     if values is None:

@@ -11,7 +11,7 @@ import os
 import grpc
 import numpy as np
 
-from serving import protos, status, tensors
+from serving import protos, status
 
 _LOG = logging.getLogger(__name__)
 
@@ -132,7 +132,3 @@ class Servable:
             result[alias] = value if value.dtype != object else np.asarray(value, dtype=object)
         return result
 
-
-def expected_numpy_dtype(tensor_info) -> np.dtype:
-    """Returns the numpy dtype of a signature input or output."""
-    return tensors.numpy_dtype(tensor_info.dtype)

@@ -66,3 +66,15 @@ def pipeline_run(tmp_path_factory) -> PipelineRun:
                      eval_fraction=params.data.eval_fraction, seed=params.data.seed)
     record = local_runner.run(params, str(project))
     return PipelineRun(project_dir=project, data_dir=data, record=record, params=params)
+
+
+# Tests that need the session's real pipeline run (minutes on 2 cores) or the real
+# pipeline otherwise are `slow`: the default suite runs them; `pytest -m "not slow"` is the
+# quick loop while editing.
+_SLOW_FIXTURES = {"pipeline_run"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if _SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

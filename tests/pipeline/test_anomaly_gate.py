@@ -22,6 +22,7 @@ def _example(grade: int, side: bytes) -> bytes:
     })).SerializeToString()
 
 
+@pytest.mark.slow
 def test_schema_anomaly_stops_the_run_with_a_readable_message(tmp_path):
     ingested = tmp_path / configs.INGESTED_DIR
     for split, records in ((features.TRAIN_SPLIT, [_example(g % 5, b"L") for g in range(10)]),

@@ -62,6 +62,7 @@ def _tiny_datasets(seed=0):
     return ds, ds, [12] * 5
 
 
+@pytest.mark.slow
 def test_search_records_trials_and_its_best_values_configure_the_trainer(tmp_path):
     base = ModelConfig(image_size=32, weights="none", head_epochs=0, batch_size=16,
                              tuner_trials=2, tuner_epochs=1)

@@ -8,7 +8,6 @@ import urllib.request
 import numpy as np
 import pytest
 
-from components import features
 from serving import example_model
 from serving_fixtures import png_bytes
 

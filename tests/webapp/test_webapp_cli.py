@@ -6,7 +6,6 @@ import pytest
 import sqlalchemy as sa
 
 from webapp import cli, create_app, db, migrate
-from webapp.models import User
 
 
 @pytest.fixture

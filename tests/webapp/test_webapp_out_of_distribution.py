@@ -10,7 +10,6 @@ import io
 import re
 
 import pytest
-import sqlalchemy as sa
 
 import webapp_images as wi
 from webapp_testlib import csrf_token, upload
