@@ -55,7 +55,7 @@ def _secret_key(path: str) -> str:
 
 def _web_settings(project_dir: str, grpc_port: int) -> Dict[str, str]:
     """The web app's settings for this system. Their environment-variable names equal
-    the Flask config keys (webapp/config.py), so one mapping configures the web process
+    the Flask config keys (webapp/settings.py), so one mapping configures the web process
     (as its environment) and the app built here for the first admin (as its config)."""
     web_dir = os.path.abspath(os.path.join(project_dir, WEB_DIR))
     os.makedirs(web_dir, exist_ok=True)

@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 
 from serving import status
-from serving.config import BatchingConfig
+from serving.server_config import BatchingConfig
 
 _LOG = logging.getLogger(__name__)
 

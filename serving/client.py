@@ -48,7 +48,7 @@ class InvalidInputError(ServingError):
 
 
 @dataclass(frozen=True)
-class Prediction:
+class ServedPrediction:
     """A KL grade predicted for one radiograph.
 
     Attributes:
@@ -147,7 +147,7 @@ class ServingClient:
         """Closes the channel; the client cannot be used afterwards."""
         self._channel.close()
 
-    def predict(self, image_bytes: bytes, *, explain=False, version=None) -> Prediction:
+    def predict(self, image_bytes: bytes, *, explain=False, version=None) -> ServedPrediction:
         """Grades one radiograph.
 
         Args:
@@ -235,7 +235,7 @@ class ServingClient:
             if not 0 <= grade < features.NUM_GRADES:
                 raise ServingError(f"{where} returned grade {grade}, outside 0..{features.NUM_GRADES - 1}")
             probs = tuple(float(p) for p in probabilities[row])
-            predictions.append(Prediction(
+            predictions.append(ServedPrediction(
                 grade=grade,
                 grade_name=features.GRADE_NAMES[grade],
                 probabilities=probs,

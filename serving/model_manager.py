@@ -26,7 +26,7 @@ from typing import Callable, Optional
 import grpc
 
 from serving import status
-from serving.config import ModelConfig
+from serving.server_config import ServedModelConfig
 from serving.servable import Servable, ServableLoadError
 
 _LOG = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def scan_versions(base_path: str) -> dict:
 class ManagedModel:
     """The versions of one configured model."""
 
-    def __init__(self, config: ModelConfig, *, max_num_load_retries: int, load_retry_interval: float,
+    def __init__(self, config: ServedModelConfig, *, max_num_load_retries: int, load_retry_interval: float,
                  servable_factory: Callable = Servable, on_change: Optional[Callable] = None):
         self.config = config
         self._max_retries = max_num_load_retries

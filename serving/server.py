@@ -7,7 +7,7 @@ from concurrent import futures
 
 import grpc
 
-from serving import config as config_lib
+from serving import server_config as config_lib
 from serving import flags as flags_lib
 from serving.batching import BatchScheduler
 from serving.grpc_service import add_services
@@ -50,7 +50,7 @@ class ModelServer:
             batching = (config_lib.read_batching_parameters(options.batching_parameters_file)
                         if options.enable_batching else None)
             channel_args = flags_lib.parse_channel_arguments(options.grpc_channel_arguments)
-        except (config_lib.ConfigError, flags_lib.FlagError) as e:
+        except (config_lib.ServerConfigError, flags_lib.FlagError) as e:
             raise StartupError(str(e)) from e
         self.metrics = ServerMetrics()
         self.manager = ModelManager(

@@ -10,7 +10,7 @@ from typing import Mapping, Optional
 from flask import Flask, jsonify
 from flask_wtf.csrf import CSRFProtect
 
-from webapp import config as config_module
+from webapp import settings as config_module
 
 # Content-Security-Policy: no inline scripts or styles, nothing from other origins.
 _CSP = (
@@ -40,14 +40,14 @@ def create_app(config: Optional[Mapping[str, object]] = None) -> Flask:
         applied by ``python -m webapp upgrade-db`` or ``koa web``).
 
     Raises:
-        config.ConfigError: if no ``SECRET_KEY`` is set or a setting is malformed.
+        config.SettingsError: if no ``SECRET_KEY`` is set or a setting is malformed.
     """
     app = Flask(__name__, instance_relative_config=True)
     app.config.update(config_module.from_environment(app.instance_path))
     if config is not None:
         app.config.update(config)
     if not app.config.get("SECRET_KEY"):
-        raise config_module.ConfigError(
+        raise config_module.SettingsError(
             "SECRET_KEY is not set: export a long random value, e.g. "
             "SECRET_KEY=$(python -c 'import secrets; print(secrets.token_hex(32))')"
         )

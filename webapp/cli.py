@@ -131,11 +131,11 @@ def serve_main(argv: Optional[Sequence[str]] = None) -> int:
     """
     _setup_logging()
     args = _serve_parser().parse_args(argv)
-    from webapp.config import ConfigError
+    from webapp.settings import SettingsError
 
     try:
         return _serve(args)
-    except ConfigError as e:
+    except SettingsError as e:
         logger.error("%s", e)
         return 2
 
@@ -156,7 +156,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     from webapp import create_app
-    from webapp.config import ConfigError
+    from webapp.settings import SettingsError
 
     try:
         if args.command == "serve":
@@ -169,6 +169,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         user = create_account(app, args.username, _read_password(args.password_stdin), role)
         print(f"{role} {user.username} created")
         return 0
-    except (ConfigError, CommandError) as e:
+    except (SettingsError, CommandError) as e:
         logger.error("%s", e)
         return 2

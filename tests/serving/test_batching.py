@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from serving.batching import BatchScheduler
-from serving.config import BatchingConfig
+from serving.server_config import BatchingConfig
 from serving.metrics import ServerMetrics
 from serving.servable import Servable
 from serving.status import ServingStatusError

@@ -11,7 +11,7 @@ from PIL import Image
 
 from components import features
 from serving.client import (InvalidInputError, ModelNotFoundError, ModelUnavailableError,
-                            ModelVersionStatus, Prediction, ServingClient, ServingError)
+                            ModelVersionStatus, ServedPrediction, ServingClient, ServingError)
 from serving_fixtures import REPO_ROOT, free_port, jpeg_bytes, png_bytes, start_server
 
 IMAGES = [png_bytes(21), jpeg_bytes(22), png_bytes(23, bits=16)]
@@ -27,7 +27,7 @@ def test_predict_returns_typed_prediction(client, reference):
     prediction = client.predict(IMAGES[0])
 
     expected = reference(2, IMAGES[:1])
-    assert isinstance(prediction, Prediction)
+    assert isinstance(prediction, ServedPrediction)
     assert prediction.model_name == "koa" and prediction.model_version == 2
     assert prediction.grade == int(expected["grade"][0])
     assert prediction.grade_name == features.GRADE_NAMES[prediction.grade]

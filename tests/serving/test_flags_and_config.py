@@ -2,7 +2,8 @@
 
 import pytest
 
-from serving import config, flags
+from serving import flags
+from serving import server_config as config
 
 
 def test_defaults_match_tensorflow_model_server():
@@ -69,7 +70,7 @@ def test_model_server_config(tmp_path):
 def test_invalid_model_server_config(tmp_path, text, message):
     path = tmp_path / "models.config"
     path.write_text(text)
-    with pytest.raises(config.ConfigError, match=message):
+    with pytest.raises(config.ServerConfigError, match=message):
         config.read_model_server_config(str(path))
 
 
@@ -81,10 +82,10 @@ def test_batching_and_monitoring_files(tmp_path):
     assert config.read_batching_parameters(str(batching)) == config.BatchingConfig(32, 5000, 7, 2, (8, 32))
     assert config.read_batching_parameters("") == config.BatchingConfig()
     batching.write_text("max_batch_size { value: 0 }")
-    with pytest.raises(config.ConfigError, match="max_batch_size must be positive"):
+    with pytest.raises(config.ServerConfigError, match="max_batch_size must be positive"):
         config.read_batching_parameters(str(batching))
     batching.write_text("no_such_field { value: 1 }")
-    with pytest.raises(config.ConfigError, match="Invalid protobuf file"):
+    with pytest.raises(config.ServerConfigError, match="Invalid protobuf file"):
         config.read_batching_parameters(str(batching))
 
     monitoring = tmp_path / "monitoring.config"

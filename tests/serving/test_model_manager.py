@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from serving import protos
-from serving.config import ModelConfig, VersionPolicy
+from serving.server_config import ServedModelConfig, VersionPolicy
 from serving.model_manager import AVAILABLE, END, ModelManager
 from serving.servable import Servable
 from serving.status import ServingStatusError
@@ -38,7 +38,7 @@ def _copy(models_dir, base, source_version, target_version=None):
 
 
 def _manager(base, policy=VersionPolicy(), labels=None, factory=None, **kwargs):
-    config = ModelConfig("koa", str(base), policy, labels or {})
+    config = ServedModelConfig("koa", str(base), policy, labels or {})
     return ModelManager([config], poll_wait_seconds=0, load_retry_interval=3600,
                         servable_factory=factory or Servable, **kwargs)
 

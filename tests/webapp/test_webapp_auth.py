@@ -6,7 +6,7 @@ import pytest
 import sqlalchemy as sa
 
 from webapp_testlib import ADMIN, CLINICIAN, csrf_token
-from webapp import config as config_module
+from webapp import settings as config_module
 from webapp import create_app, db
 from webapp.models import LoginAttempt, User
 
@@ -181,7 +181,7 @@ def test_security_headers_and_cookie_flags(client, auth):
 
 def test_secret_key_is_required_outside_tests(monkeypatch, tmp_path):
     monkeypatch.delenv("SECRET_KEY", raising=False)
-    with pytest.raises(config_module.ConfigError, match="SECRET_KEY"):
+    with pytest.raises(config_module.SettingsError, match="SECRET_KEY"):
         create_app({"DATABASE_URL": f"sqlite:///{tmp_path}/x.sqlite"})
 
 
@@ -205,5 +205,5 @@ def test_config_comes_from_the_environment(tmp_path):
     assert defaults["DATABASE_URL"] == f"sqlite:///{tmp_path}/koa_webapp.sqlite"
     assert defaults["SESSION_COOKIE_SECURE"] is True
     assert defaults["SECRET_KEY"] is None
-    with pytest.raises(config_module.ConfigError, match="KOA_SERVING_TIMEOUT"):
+    with pytest.raises(config_module.SettingsError, match="KOA_SERVING_TIMEOUT"):
         config_module.from_environment(str(tmp_path), {"KOA_SERVING_TIMEOUT": "soon"})

@@ -34,7 +34,7 @@ DEFAULT_LOGIN_MAX_FAILURES = 5
 DEFAULT_LOGIN_WINDOW_SECONDS = 15 * 60
 
 
-class ConfigError(RuntimeError):
+class SettingsError(RuntimeError):
     """Raised when the environment does not give a usable configuration."""
 
 
@@ -49,9 +49,9 @@ def _number(env: Mapping[str, str], name: str, default, kind=float, allow_zero=F
     try:
         value = kind(raw)
     except ValueError as e:
-        raise ConfigError(f"{name}={raw!r} is not a valid {kind.__name__}") from e
+        raise SettingsError(f"{name}={raw!r} is not a valid {kind.__name__}") from e
     if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{name}={raw!r} must be positive")
+        raise SettingsError(f"{name}={raw!r} must be positive")
     return value
 
 
@@ -66,7 +66,7 @@ def from_environment(instance_path: str, env: Optional[Mapping[str, str]] = None
         A dict of Flask config keys.
 
     Raises:
-        ConfigError: if a value is malformed. A missing ``SECRET_KEY`` is checked by
+        SettingsError: if a value is malformed. A missing ``SECRET_KEY`` is checked by
             the factory, since tests supply one through ``test_config`` instead.
     """
     env = os.environ if env is None else env

@@ -21,7 +21,7 @@ _LOG = logging.getLogger(__name__)
 DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
 
 
-class ConfigError(ValueError):
+class ServerConfigError(ValueError):
     """A configuration file is missing, unreadable or invalid."""
 
 
@@ -41,7 +41,7 @@ class VersionPolicy:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ServedModelConfig:
     """One served model: name, base path, version policy and version labels."""
 
     name: str
@@ -74,20 +74,20 @@ def _read(path: str, what: str) -> str:
         with open(path, encoding="utf-8") as f:
             return f.read()
     except OSError as e:
-        raise ConfigError(f"cannot read {what} '{path}': {e}") from e
+        raise ServerConfigError(f"cannot read {what} '{path}': {e}") from e
 
 
 def _parse_text(text: str, message, path: str):
     try:
         text_format.Parse(text, message)
     except text_format.ParseError as e:
-        raise ConfigError(f"Invalid protobuf file: '{path}': {e}") from e
+        raise ServerConfigError(f"Invalid protobuf file: '{path}': {e}") from e
     return message
 
 
-def single_model_config(name: str, base_path: str) -> ModelConfig:
+def single_model_config(name: str, base_path: str) -> ServedModelConfig:
     """Returns the config for ``--model_name``/``--model_base_path``."""
-    return ModelConfig(name=name, base_path=base_path)
+    return ServedModelConfig(name=name, base_path=base_path)
 
 
 def read_model_server_config(path: str) -> list:
@@ -97,40 +97,40 @@ def read_model_server_config(path: str) -> list:
         path: the ``--model_config_file``.
 
     Returns:
-        A list of :class:`ModelConfig`, in file order.
+        A list of :class:`ServedModelConfig`, in file order.
 
     Raises:
-        ConfigError: unreadable file, bad syntax, a custom config, a model
+        ServerConfigError: unreadable file, bad syntax, a custom config, a model
             without name or base path, a duplicate name, or a non-TensorFlow platform.
     """
     pb2 = protos.load().model_server_config_pb2
     config = _parse_text(_read(path, "model config file"), pb2.ModelServerConfig(), path)
     if config.WhichOneof("config") != "model_config_list":
-        raise ConfigError(f"'{path}': only model_config_list is supported, not custom_model_config")
+        raise ServerConfigError(f"'{path}': only model_config_list is supported, not custom_model_config")
     models = []
     for model in config.model_config_list.config:
         if not model.name or not model.base_path:
-            raise ConfigError(f"'{path}': every config needs a name and a base_path, got {model}")
+            raise ServerConfigError(f"'{path}': every config needs a name and a base_path, got {model}")
         if model.model_platform not in ("", "tensorflow"):
-            raise ConfigError(f"'{path}': model '{model.name}' has platform "
+            raise ServerConfigError(f"'{path}': model '{model.name}' has platform "
                               f"'{model.model_platform}'; only 'tensorflow' is served")
         if any(m.name == model.name for m in models):
-            raise ConfigError(f"'{path}': model '{model.name}' is configured twice")
+            raise ServerConfigError(f"'{path}': model '{model.name}' is configured twice")
         choice = model.model_version_policy.WhichOneof("policy_choice")
         if choice == "all":
             policy = VersionPolicy(kind="all")
         elif choice == "specific":
             if not model.model_version_policy.specific.versions:
-                raise ConfigError(f"'{path}': model '{model.name}' has an empty specific policy")
+                raise ServerConfigError(f"'{path}': model '{model.name}' has an empty specific policy")
             policy = VersionPolicy(kind="specific",
                                    versions=frozenset(model.model_version_policy.specific.versions))
         else:
             num = model.model_version_policy.latest.num_versions if choice == "latest" else 1
             policy = VersionPolicy(kind="latest", num_versions=max(1, num))
-        models.append(ModelConfig(name=model.name, base_path=model.base_path, policy=policy,
+        models.append(ServedModelConfig(name=model.name, base_path=model.base_path, policy=policy,
                                   labels=dict(model.version_labels)))
     if not models:
-        raise ConfigError(f"'{path}': no models configured")
+        raise ServerConfigError(f"'{path}': no models configured")
     return models
 
 
@@ -183,7 +183,7 @@ def read_batching_parameters(path: Optional[str]) -> BatchingConfig:
     """Reads a BatchingParameters text proto; None or "" gives the defaults.
 
     Raises:
-        ConfigError: unreadable file, bad syntax or non-positive sizes.
+        ServerConfigError: unreadable file, bad syntax or non-positive sizes.
     """
     defaults = BatchingConfig()
     if not path:
@@ -207,12 +207,12 @@ def read_batching_parameters(path: Optional[str]) -> BatchingConfig:
         allowed_batch_sizes=tuple(params.allowed_batch_sizes))
     for name in ("max_batch_size", "max_enqueued_batches", "num_batch_threads"):
         if getattr(result, name) <= 0:
-            raise ConfigError(f"'{path}': {name} must be positive")
+            raise ServerConfigError(f"'{path}': {name} must be positive")
     if result.batch_timeout_micros < 0:
-        raise ConfigError(f"'{path}': batch_timeout_micros must be >= 0")
+        raise ServerConfigError(f"'{path}': batch_timeout_micros must be >= 0")
     sizes = result.allowed_batch_sizes
     if sizes and (list(sizes) != sorted(set(sizes)) or sizes[-1] != result.max_batch_size):
-        raise ConfigError(f"'{path}': allowed_batch_sizes must increase and end with max_batch_size")
+        raise ServerConfigError(f"'{path}': allowed_batch_sizes must increase and end with max_batch_size")
     return result
 
 
@@ -220,7 +220,7 @@ def read_monitoring_config(path: Optional[str]) -> MonitoringConfig:
     """Reads a MonitoringConfig text proto; None or "" disables Prometheus.
 
     Raises:
-        ConfigError: unreadable file or bad syntax.
+        ServerConfigError: unreadable file or bad syntax.
     """
     if not path:
         return MonitoringConfig()
@@ -228,5 +228,5 @@ def read_monitoring_config(path: Optional[str]) -> MonitoringConfig:
     prometheus = config.prometheus_config
     metrics_path = prometheus.path or DEFAULT_PROMETHEUS_PATH
     if not metrics_path.startswith("/"):
-        raise ConfigError(f"'{path}': prometheus_config.path must start with '/'")
+        raise ServerConfigError(f"'{path}': prometheus_config.path must start with '/'")
     return MonitoringConfig(prometheus_enabled=prometheus.enable, prometheus_path=metrics_path)
