@@ -73,6 +73,7 @@ class IngestReport:
     Attributes:
         source: The source folder, as passed in.
         manifest: The CSV manifest, as passed in, or None.
+        eval_source: The folder given as the eval split, as passed in, or None.
         split_policy: "given" (the source's splits were used) or
             "patient_stratified" (eval was carved by patient here).
         eval_fraction: Fraction of patients per stratum put in eval when carving.
@@ -101,6 +102,7 @@ class IngestReport:
     duplicates: list[dict]
     warnings: list[str]
     content_hash: str
+    eval_source: str | None = None
     format_version: int = REPORT_FORMAT_VERSION
 
     @property
@@ -141,7 +143,8 @@ class _Scan:
 
 def ingest(source: str | os.PathLike, out_dir: str | os.PathLike, *,
            eval_fraction: float = 0.2, seed: int = 42,
-           manifest: str | os.PathLike | None = None) -> IngestReport:
+           manifest: str | os.PathLike | None = None,
+           eval_source: str | os.PathLike | None = None) -> IngestReport:
     """Imports graded knee images from ``source`` into TFRecords in ``out_dir``.
 
     Inputs, one of:
@@ -164,6 +167,10 @@ def ingest(source: str | os.PathLike, out_dir: str | os.PathLike, *,
             into eval when the source gives no eval split; 0 < f < 1.
         seed: Seed for the carved split and the record order.
         manifest: Optional CSV manifest; without it ``source`` is walked.
+        eval_source: Optional folder ``<grade>/<file>`` that is the eval split as
+            given (e.g. a dataset's own validation split kept beside its train
+            folder); every image of ``source`` then goes to train (test stays test).
+            Its SOURCE_KEY values are ``<folder name>/<grade>/<file>``.
 
     Returns:
         The import report, also written to ``<out_dir>/ingest_report.json``.
@@ -186,6 +193,8 @@ def ingest(source: str | os.PathLike, out_dir: str | os.PathLike, *,
         scan = _scan_folders(source_dir)
     else:
         scan = _scan_manifest(source_dir, Path(manifest))
+    if eval_source is not None:
+        _add_eval_source(scan, Path(eval_source))
     logger.info("Found %d candidate images in %s", len(scan.items), source_dir)
     items = _inspect(scan)
     items, duplicates = _resolve_duplicates(items, scan)
@@ -210,6 +219,7 @@ def ingest(source: str | os.PathLike, out_dir: str | os.PathLike, *,
         duplicates=duplicates,
         warnings=warnings,
         content_hash=_content_hash(items),
+        eval_source=None if eval_source is None else str(eval_source),
     )
     _write_output(out, items, report, seed)
     logger.info("Imported %d images into %s: %s (%d excluded, content %s)",
@@ -291,6 +301,30 @@ def _scan_folders(source_dir: Path) -> _Scan:
             else:
                 _stray_file(scan, entry, rel)
     return scan
+
+
+def _add_eval_source(scan: _Scan, eval_dir: Path) -> None:
+    """Adds a ``<grade>/`` folder as the given eval split; the rest becomes train."""
+    if not eval_dir.is_dir():
+        raise IngestError(f"eval source folder {eval_dir} does not exist")
+    if features.EVAL_SPLIT in scan.declared_splits or any(
+            item.given_split == features.EVAL_SPLIT for item in scan.items):
+        raise IngestError(f"the source already has an eval split; {eval_dir} would be a "
+                          "second one")
+    extra = _scan_folders(eval_dir)
+    if extra.declared_splits:
+        raise IngestError(f"eval source {eval_dir} must hold grade folders 0..4, not split "
+                          "folders")
+    prefix = eval_dir.resolve().name
+    for item in scan.items:
+        item.given_split = item.given_split or features.TRAIN_SPLIT
+    for item in extra.items:
+        item.rel = f"{prefix}/{item.rel}"
+        item.given_split = features.EVAL_SPLIT
+    scan.items += extra.items
+    scan.excluded += [{**e, "path": f"{prefix}/{e['path']}"} for e in extra.excluded]
+    scan.skipped += [f"{prefix}/{name}" for name in extra.skipped]
+    scan.declared_splits |= {features.TRAIN_SPLIT, features.EVAL_SPLIT}
 
 
 def _stray_file(scan: _Scan, path: Path, rel: str) -> None:

@@ -58,7 +58,8 @@ def _cmd_ingest(args) -> int:
     source = args.source or params.data.source
     manifest = args.manifest if args.manifest is not None else (params.data.manifest or None)
     report = ingestion.ingest(source, args.out, eval_fraction=params.data.eval_fraction,
-                              seed=params.data.seed, manifest=manifest)
+                              seed=params.data.seed, manifest=manifest,
+                              eval_source=params.data.eval_source or None)
     logger.info("ingested %d images into %s (excluded %d); counts %s", report.total_images,
                 args.out, len(report.excluded), report.counts)
     return 0

@@ -20,6 +20,9 @@ class DataParams:
 
     source: str = "data"
     manifest: str = ""
+    # A <grade>/ folder that is the eval split as given (a dataset's own validation
+    # split); empty: eval is carved from `source` by patient (`eval_fraction`).
+    eval_source: str = ""
     eval_fraction: float = 0.2
     seed: int = 42
 

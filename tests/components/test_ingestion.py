@@ -17,6 +17,7 @@ from components.ingestion import IngestError
 
 _REPO = Path(__file__).resolve().parents[2]
 _REAL_COUNTS = {"0": 2286, "1": 1046, "2": 1516, "3": 757, "4": 173}
+_REAL_VAL_COUNTS = {"0": 328, "1": 153, "2": 212, "3": 106, "4": 27}
 
 
 def _real_data_dir() -> Path:
@@ -306,20 +307,54 @@ def test_refuses_foreign_out_dir_but_replaces_a_previous_import(synthetic_source
 
 
 def test_real_dataset(tmp_path, caplog):
+    """The published protocol: all of the train folder trains, the dataset's own
+    validation folder is the eval split."""
     source = _real_data_dir()
-    if not source.is_dir():
-        pytest.skip(f"real data not found at {source} (set KOA_SHARED_DIR)")
+    val = source.parent / "kneeKL224-val"
+    if not source.is_dir() or not val.is_dir():
+        pytest.skip(f"real data not found at {source} and {val} (set KOA_SHARED_DIR)")
     caplog.set_level("INFO", logger="components.ingestion")
     started = time.monotonic()
-    report = ingestion.ingest(source, tmp_path / "out")
+    report = ingestion.ingest(source, tmp_path / "out", eval_source=val)
     print(f"ingested {report.total_images} real images in {time.monotonic() - started:.1f} s")
-    totals = {g: report.counts["train"][g] + report.counts["eval"][g] for g in _REAL_COUNTS}
-    assert totals == _REAL_COUNTS
+    assert report.counts["train"] == _REAL_COUNTS
+    assert report.counts["eval"] == _REAL_VAL_COUNTS
+    assert report.split_policy == "given" and report.eval_source == str(val)
     assert report.excluded == [] and report.duplicates == []
-    assert all(n > 0 for n in report.counts["eval"].values())
-    eval_patients = {r["patient"] for r in _read_records(tmp_path / "out/eval/data.tfrecord")}
+    eval_records = _read_records(tmp_path / "out/eval/data.tfrecord")
+    eval_patients = {r["patient"] for r in eval_records}
     train_patients = {r["patient"] for r in _read_records(tmp_path / "out/train/data.tfrecord")}
     assert not eval_patients & train_patients
     assert len(eval_patients) == report.patients["eval"]
-    assert len(eval_patients | train_patients) == 2889
-    assert any("Checked 5000/5778" in m for m in caplog.messages)
+    assert all(r["source"].startswith("kneeKL224-val/") for r in eval_records)
+    assert any("Checked 5000/" in m for m in caplog.messages)
+
+
+def test_an_eval_source_folder_is_the_eval_split_and_the_rest_trains(tmp_path):
+    source, val = tmp_path / "train_src", tmp_path / "val_src"
+    synthetic.generate(str(source), patients=6, size=32, seed=0)
+    synthetic.generate(str(val), patients=4, size=32, seed=1)
+    for image in val.rglob("syn*.png"):  # other patients than the train folder's
+        image.rename(image.with_name("val" + image.name[3:]))
+    report = ingestion.ingest(source, tmp_path / "out", eval_source=val)
+    assert report.split_policy == "given"
+    assert sum(report.counts["eval"].values()) == 8
+    assert sum(report.counts["train"].values()) == 12
+    sources = {r["source"] for r in _read_records(tmp_path / "out/eval/data.tfrecord")}
+    assert all(s.startswith("val_src/") for s in sources)
+
+
+def test_an_eval_source_with_split_folders_or_a_second_eval_split_is_refused(tmp_path):
+    source, val = tmp_path / "src", tmp_path / "val"
+    synthetic.generate(str(source), patients=4, size=32, seed=0)
+    (val / "train" / "0").mkdir(parents=True)
+    with pytest.raises(IngestError, match="grade folders 0..4, not split folders"):
+        ingestion.ingest(source, tmp_path / "out", eval_source=val)
+    with pytest.raises(IngestError, match="does not exist"):
+        ingestion.ingest(source, tmp_path / "out", eval_source=tmp_path / "nowhere")
+    split_source = tmp_path / "split_src"
+    (split_source / "eval" / "0").mkdir(parents=True)
+    (split_source / "train" / "0").mkdir(parents=True)
+    with pytest.raises(IngestError, match="already has an eval split"):
+        ingestion.ingest(split_source, tmp_path / "out", eval_source=source)
+    assert not (tmp_path / "out").exists()
