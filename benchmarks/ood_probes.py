@@ -18,7 +18,8 @@ import logging
 import os
 import sys
 
-os.environ["TF_USE_LEGACY_KERAS"] = "1"
+from components import features  # noqa: E402
+features.select_keras_2()  # before TensorFlow is imported
 
 logger = logging.getLogger("ood_probes")
 

@@ -26,7 +26,8 @@ import os
 import sys
 import time
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+from components import features  # noqa: E402
+features.select_keras_2()  # before TensorFlow is imported
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 logger = logging.getLogger("recipe_screen")

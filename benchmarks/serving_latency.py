@@ -23,8 +23,6 @@ import json
 import logging
 import os
 import platform
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,6 +35,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
 from components import atomic_dir, features  # noqa: E402
+from koa.processes import ChildProcess, free_port  # noqa: E402
 from serving import protos, tensors  # noqa: E402
 from serving.model_manager import scan_versions  # noqa: E402
 
@@ -45,12 +44,6 @@ CONCURRENCY = (1, 8, 32)
 BATCHING_CONFIG = ("max_batch_size { value: 32 }\nbatch_timeout_micros { value: 2000 }\n"
                    "num_batch_threads { value: 2 }\nmax_enqueued_batches { value: 1000 }\n")
 SHARED_IMAGE = "/work/shared/data/kneeKL224/train/2"
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _image_bytes() -> tuple:
@@ -72,31 +65,20 @@ def _percentiles(seconds: list) -> dict:
             "mean_ms": float(ms.mean()), "n": len(ms)}
 
 
-class _Server:
+class _Server(ChildProcess):
     def __init__(self, base_path, extra_args, log_path):
-        self.grpc_port, self.rest_port = _free_port(), _free_port()
-        env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2", PYTHONPATH=REPO_ROOT)
-        self._log = open(log_path, "wb")  # noqa: SIM115 (closed in stop())
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "serving", f"--port={self.grpc_port}", f"--rest_api_port={self.rest_port}",
-             "--model_name=koa", f"--model_base_path={base_path}", *extra_args],
-            cwd=REPO_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.grpc_port, self.rest_port = free_port(), free_port()
+        env = dict(os.environ, **features.KERAS_ENV, TF_CPP_MIN_LOG_LEVEL="2",
+                   PYTHONPATH=REPO_ROOT)
+        super().__init__("model server", [
+            sys.executable, "-m", "serving", f"--port={self.grpc_port}",
+            f"--rest_api_port={self.rest_port}", "--model_name=koa",
+            f"--model_base_path={base_path}", *extra_args],
+            env=env, log_path=log_path, cwd=REPO_ROOT)
         self.target = f"localhost:{self.grpc_port}"
         with grpc.insecure_channel(self.target) as channel:
-            deadline = time.monotonic() + 300
-            while True:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"server did not start; see {log_path}")
-                try:
-                    grpc.channel_ready_future(channel).result(timeout=1)
-                    break
-                except grpc.FutureTimeoutError:
-                    continue
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(120)
-        self._log.close()
+            self.wait_until(lambda: grpc.channel_ready_future(channel).result(timeout=1) or True,
+                            300, interval=0.0)
 
 
 def _predict_request(p, image, rows=1):
@@ -183,7 +165,7 @@ def main(argv=None) -> int:
     parser.add_argument("--throughput-seconds", type=float, default=10.0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    features.select_keras_2()  # before TensorFlow is imported
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
     workdir = tempfile.mkdtemp(prefix="serving-bench-")

@@ -27,13 +27,12 @@ import logging
 import os
 import platform
 import re
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 import numpy as np
 import requests
@@ -42,7 +41,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
-from serving.client import ServingClient, ServingError  # noqa: E402
+from components import features  # noqa: E402
+from koa.processes import ChildProcess, free_port  # noqa: E402
+from serving.client import ServingClient  # noqa: E402
 
 logger = logging.getLogger("webapp_latency")
 
@@ -52,52 +53,12 @@ _TOKEN_RE = re.compile(r'data-testid="new-token">([^<]+)<')
 RATIO_GOAL = 1.30
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _env(extra: dict) -> dict:
     env = dict(os.environ)
-    env.update(TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    env.update(features.KERAS_ENV, TF_CPP_MIN_LOG_LEVEL="2")
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     env.update(extra)
     return env
-
-
-class Processes:
-    """Child processes started by the benchmark; all are stopped on exit."""
-
-    def __init__(self):
-        self._procs = []
-
-    def start(self, argv: List[str], env: dict, log_path: str) -> subprocess.Popen:
-        log = open(log_path, "wb")
-        proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        self._procs.append((proc, log))
-        return proc
-
-    def stop_all(self) -> None:
-        for proc, log in reversed(self._procs):
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            log.close()
-
-
-def _wait_until(check: Callable[[], bool], proc: subprocess.Popen, what: str, timeout: float):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with code {proc.returncode}")
-        if check():
-            return
-        time.sleep(0.3)
-    raise RuntimeError(f"{what} not ready after {timeout:.0f}s")
 
 
 def _write_model(base_path: str, backbone: str, image_size: int) -> None:
@@ -115,24 +76,19 @@ def _write_model(base_path: str, backbone: str, image_size: int) -> None:
 
 
 def _start_model_server(procs, base_path: str, workdir: str) -> str:
-    port, rest = _free_port(), _free_port()
-    proc = procs.start(
+    port, rest = free_port(), free_port()
+    proc = ChildProcess(
+        "model server",
         [sys.executable, "-m", "serving", f"--port={port}", f"--rest_api_port={rest}",
          "--model_name=koa", f"--model_base_path={base_path}"],
-        _env({}),
-        os.path.join(workdir, "serving.log"),
+        env=_env({}), log_path=os.path.join(workdir, "serving.log"), cwd=REPO,
     )
+    procs.append(proc)
     target = f"127.0.0.1:{port}"
     client = ServingClient(target, "koa", timeout=2.0, retries=0)
 
-    def ready():
-        try:
-            return any(s.state == "AVAILABLE" for s in client.model_status())
-        except ServingError:
-            return False
-
     try:
-        _wait_until(ready, proc, "model server", 300)
+        proc.wait_until(lambda: any(s.state == "AVAILABLE" for s in client.model_status()), 300)
     finally:
         client.close()
     return target
@@ -158,21 +114,15 @@ def _start_web(procs, target: str, base_path: str, workdir: str, threads: int) -
             [sys.executable, "-m", "webapp", *argv], env=env, input=stdin, text=True,
             check=True, cwd=workdir, capture_output=True, timeout=120,
         )
-    port = _free_port()
-    proc = procs.start(
+    port = free_port()
+    proc = ChildProcess(
+        "web app",
         [sys.executable, "-m", "webapp", "serve", "--port", str(port), "--threads", str(threads)],
-        env,
-        os.path.join(workdir, "web.log"),
+        env=env, log_path=os.path.join(workdir, "web.log"), cwd=REPO,
     )
+    procs.append(proc)
     url = f"http://127.0.0.1:{port}"
-
-    def ready():
-        try:
-            return requests.get(url + "/healthz", timeout=2).status_code == 200
-        except requests.RequestException:
-            return False
-
-    _wait_until(ready, proc, "web app", 120)
+    proc.wait_until(lambda: requests.get(url + "/healthz", timeout=2).status_code == 200, 120)
     return url
 
 
@@ -360,7 +310,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
 
     image, image_source = _benchmark_image(args.image)
-    procs = Processes()
+    procs: List[ChildProcess] = []
     workdir = tempfile.mkdtemp(prefix="koa-webapp-bench-")
     try:
         if args.serving_target:
@@ -378,7 +328,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         logger.info("latency done; load phase: %d users for %.0fs", args.users, args.duration)
         load = measure_load(url, image, args.users, args.duration, args.max_per_user)
     finally:
-        procs.stop_all()
+        for proc in reversed(procs):
+            proc.stop(timeout=30)
     result = {
         "benchmark": "webapp_latency",
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

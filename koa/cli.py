@@ -221,7 +221,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 _USER_ERRORS = (("components.anomaly_gate", "DataAnomalyError"),
                 ("components.ingestion", "IngestError"),
                 ("components.synthetic", "SyntheticError"),
-                ("koa.stack", "StackError"))
+                ("koa.processes", "StartError"))
 
 
 def _is_user_error(error: Exception) -> bool:

@@ -10,12 +10,12 @@ import logging
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import time
 import urllib.request
 from typing import Dict, List
 
+from koa import processes
 from pipeline import configs
 
 logger = logging.getLogger(__name__)
@@ -23,22 +23,8 @@ logger = logging.getLogger(__name__)
 WEB_DIR = os.path.join("build", "webapp")
 
 
-class StackError(RuntimeError):
+class StackError(processes.StartError):
     """The system could not be brought up; the message says which part and why."""
-
-
-def _wait(what: str, check, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise StackError(f"{what} exited with status {process.returncode} while starting")
-        try:
-            if check():
-                return
-        except Exception:  # not up yet: connection refused, model still loading
-            pass
-        time.sleep(0.5)
-    raise StackError(f"{what} did not become ready within {timeout:.0f}s")
 
 
 def _secret_key(path: str) -> str:
@@ -92,17 +78,13 @@ def up(project_dir: str = ".", grpc_port: int = 8500, rest_port: int = 8501,
     if not os.path.isdir(base_path) or not any(n.isdigit() for n in os.listdir(base_path)):
         raise StackError(f"no pushed model in {base_path}: run `make demo` or `dvc repro` first")
 
-    children: List[subprocess.Popen] = []
+    children: List[processes.ChildProcess] = []
 
     def stop(*_):
         for child in reversed(children):
-            if child.poll() is None:
-                child.terminate()
+            child.terminate()
         for child in children:
-            try:
-                child.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                child.kill()
+            child.stop(timeout=30)
 
     # Ctrl-C and `kill` both stop everything (SIGINT may arrive ignored when started
     # in the background, hence set explicitly).
@@ -110,32 +92,33 @@ def up(project_dir: str = ".", grpc_port: int = 8500, rest_port: int = 8501,
     signal.signal(signal.SIGTERM, lambda *_: (stop(), sys.exit(0)))
     try:
         logger.info("starting the model server on gRPC :%d, REST :%d", grpc_port, rest_port)
-        server = subprocess.Popen([sys.executable, "-m", "serving", f"--port={grpc_port}",
-                                   f"--rest_api_port={rest_port}",
-                                   f"--model_name={configs.MODEL_NAME}",
-                                   f"--model_base_path={base_path}"])
+        server = processes.ChildProcess("model server", [
+            sys.executable, "-m", "serving", f"--port={grpc_port}",
+            f"--rest_api_port={rest_port}", f"--model_name={configs.MODEL_NAME}",
+            f"--model_base_path={base_path}"])
         children.append(server)
         status_url = f"http://localhost:{rest_port}/v1/models/{configs.MODEL_NAME}"
-        _wait("model server", lambda: b'"AVAILABLE"' in urllib.request.urlopen(
-            status_url, timeout=2).read(), server, timeout)
+        server.wait_until(lambda: b'"AVAILABLE"' in urllib.request.urlopen(
+            status_url, timeout=2).read(), timeout, interval=0.5)
 
         settings = _web_settings(project_dir, grpc_port)
         login_hint = _first_admin(settings)
         logger.info("starting the web UI on :%d", web_port)
         # Plain HTTP on loopback for the local demo; behind TLS in production.
         env = {"KOA_INSECURE_COOKIES": "1", **os.environ, **settings}
-        web = subprocess.Popen([sys.executable, "-m", "webapp", "serve", "--port",
-                                str(web_port)], env=env)
+        web = processes.ChildProcess("web UI", [
+            sys.executable, "-m", "webapp", "serve", "--port", str(web_port)], env=env)
         children.append(web)
         url = f"http://localhost:{web_port}/"
-        _wait("web UI", lambda: urllib.request.urlopen(url + "auth/login", timeout=2).status == 200,
-              web, timeout)
+        web.wait_until(lambda: urllib.request.urlopen(url + "auth/login", timeout=2).status == 200,
+                       timeout, interval=0.5)
         logger.info("KOA grading is up: %s — %s. Model server: gRPC localhost:%d, "
                     "REST %s. Ctrl-C stops everything.", url, login_hint, grpc_port, status_url)
-        while all(child.poll() is None for child in children):
+        while all(child.proc.poll() is None for child in children):
             time.sleep(1)
-        failed = next(c for c in children if c.poll() is not None)
-        logger.error("a component exited (status %s); stopping the rest", failed.returncode)
+        failed = next(c for c in children if c.proc.poll() is not None)
+        logger.error("the %s exited (status %s); stopping the rest", failed.what,
+                     failed.proc.returncode)
         return 1
     except KeyboardInterrupt:
         logger.info("stopping")

@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,11 +10,7 @@ import urllib.request
 
 import pytest
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from koa.processes import free_port
 
 
 def _children(pid: int):
@@ -25,7 +20,7 @@ def _children(pid: int):
 
 
 def test_up_serves_the_pushed_model_and_stops_everything(pipeline_run, tmp_path):
-    grpc, rest, web = _free_port(), _free_port(), _free_port()
+    grpc, rest, web = free_port(), free_port(), free_port()
     env = {**os.environ, "DATABASE_URL": f"sqlite:///{tmp_path / 'web.db'}"}
     process = subprocess.Popen(
         [sys.executable, "-m", "koa.cli", "up", "--project-dir",

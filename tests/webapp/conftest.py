@@ -11,9 +11,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
+
+from components import features
+from koa.processes import ChildProcess, free_port
 
 from webapp import create_app, db, migrate
 from webapp.users import create_user
@@ -25,7 +27,6 @@ from webapp_testlib import (
     OTHER_CLINICIAN,
     REPO,
     AuthActions,
-    free_port,
 )
 
 
@@ -35,7 +36,7 @@ _SERVER_START_SECONDS = 180
 
 def _subprocess_env() -> dict:
     env = dict(os.environ)
-    env["TF_USE_LEGACY_KERAS"] = "1"
+    env.update(features.KERAS_ENV)
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     return env
@@ -47,9 +48,9 @@ def write_model_card(model_base_path: str, version: int) -> dict:
         card = json.load(f)
     card["version"] = version
     card["lineage"]["pipeline_run_id"] = f"koa-test-run-v{version}"
-    target = os.path.join(model_base_path, str(version), "assets.extra")
-    os.makedirs(target, exist_ok=True)
-    with open(os.path.join(target, "model_card.json"), "w", encoding="utf-8") as f:
+    path = features.model_card_path(os.path.join(model_base_path, str(version)))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
         json.dump(card, f)
     return card
 
@@ -74,53 +75,23 @@ def model_base_path(tmp_path_factory):
 @pytest.fixture(scope="session")
 def serving_target(model_base_path, tmp_path_factory):
     """Starts the project's model server on the tiny model; yields ``host:port``."""
-    from serving.client import ServingClient, ServingError
+    from serving.client import ServingClient
 
     port, rest_port = free_port(), free_port()
     log_path = tmp_path_factory.mktemp("serving_log") / "server.log"
-    log = open(log_path, "wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "serving",
-            f"--port={port}",
-            f"--rest_api_port={rest_port}",
-            "--model_name=koa",
-            f"--model_base_path={model_base_path}",
-        ],
-        cwd=REPO,
-        env=_subprocess_env(),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    process = ChildProcess("model server", [
+        sys.executable, "-m", "serving", f"--port={port}", f"--rest_api_port={rest_port}",
+        "--model_name=koa", f"--model_base_path={model_base_path}"],
+        env=_subprocess_env(), log_path=str(log_path), cwd=REPO)
     target = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + _SERVER_START_SECONDS
     try:
         with ServingClient(target, "koa", timeout=2.0, retries=0) as client:
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError(
-                        f"model server exited with {process.returncode}: "
-                        + log_path.read_text(errors="replace")[-3000:]
-                    )
-                try:
-                    if any(s.state == "AVAILABLE" for s in client.model_status()):
-                        break
-                except ServingError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("model server did not make the model AVAILABLE in time")
-                time.sleep(0.3)
+            process.wait_until(
+                lambda: any(s.state == "AVAILABLE" for s in client.model_status()),
+                _SERVER_START_SECONDS)
         yield target
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        process.stop(timeout=20)
 
 
 @pytest.fixture

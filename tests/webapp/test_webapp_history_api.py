@@ -9,7 +9,8 @@ import pytest
 import sqlalchemy as sa
 
 import webapp_images as wi
-from webapp_testlib import ADMIN, CLINICIAN, OTHER_CLINICIAN, csrf_token, free_port, upload
+from koa.processes import free_port
+from webapp_testlib import ADMIN, CLINICIAN, OTHER_CLINICIAN, csrf_token, upload
 from webapp import db
 from webapp.models import ApiToken, Prediction
 from webapp.serialize import CSV_COLUMNS

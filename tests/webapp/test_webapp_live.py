@@ -11,12 +11,12 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 
 import pytest
 
-from webapp_testlib import REPO, free_port
+from koa.processes import ChildProcess, free_port
+from webapp_testlib import REPO
 
 ADMIN_NAME = "chief"
 ADMIN_PASSWORD = "chief-password-2025"
@@ -62,38 +62,17 @@ def live_server(tmp_path_factory, serving_target, model_base_path):
     assert admin.returncode == 0, admin.stderr
     port = free_port()
     log_path = tmp_path / "web.log"
-    log = open(log_path, "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "webapp", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        cwd=str(tmp_path),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    process = ChildProcess("web server", [
+        sys.executable, "-m", "webapp", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, log_path=str(log_path), cwd=str(tmp_path))
     url = f"http://localhost:{port}"
-    deadline = time.monotonic() + 60
     try:
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError("web server exited: " + log_path.read_text(errors="replace"))
-            try:
-                with urllib.request.urlopen(url + "/healthz", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("web server did not come up: " + log_path.read_text(errors="replace"))
-            time.sleep(0.2)
+        process.wait_until(
+            lambda: urllib.request.urlopen(url + "/healthz", timeout=2).status == 200, 60,
+            interval=0.2)
         yield url, process.pid, log_path
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        process.stop(timeout=20)
 
 
 def _knee_images(tmp_path) -> list:

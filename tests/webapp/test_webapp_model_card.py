@@ -7,7 +7,8 @@ import re
 
 import pytest
 
-from webapp_testlib import CARD_FIXTURE, AuthActions, free_port
+from koa.processes import free_port
+from webapp_testlib import CARD_FIXTURE, AuthActions
 from webapp import charts, model_card
 
 CELL_RE = re.compile(r'data-row="(\d)" data-col="(\d)">(\d+)<')

@@ -10,7 +10,8 @@ import sqlalchemy as sa
 from PIL import Image
 
 import webapp_images as wi
-from webapp_testlib import ADMIN, OTHER_CLINICIAN, csrf_token, free_port, upload
+from koa.processes import free_port
+from webapp_testlib import ADMIN, OTHER_CLINICIAN, csrf_token, upload
 from webapp import db, serving_gateway
 from webapp.models import Prediction, PredictionImage
 

@@ -18,7 +18,8 @@ images score 0, strongly coloured ones (``webapp_images.colour_png``) are flagge
 import os
 import sys
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+from components import features  # noqa: E402
+features.select_keras_2()  # before TensorFlow is imported
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if REPO not in sys.path:

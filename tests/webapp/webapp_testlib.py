@@ -3,7 +3,6 @@
 import io
 import os
 import re
-import socket
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -14,13 +13,6 @@ OTHER_CLINICIAN = ("clinician2", "clinician-password-2")
 ADMIN = ("admin1", "admin-password-123")
 
 _CSRF_RE = re.compile(r'name="csrf_token"[^>]*value="([^"]+)"')
-
-
-def free_port() -> int:
-    """An unused TCP port on the loopback interface."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def csrf_token(client, path: str = "/auth/login") -> str:
