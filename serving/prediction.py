@@ -66,6 +66,16 @@ class ApiHandler:
                 self._metrics.observe_request(spec.name, served["version"], signature_name, api,
                                               method, code.name, time.perf_counter() - started)
 
+    def _resolve(self, spec, signature_name, served, not_found: Exception):
+        """The servable `spec` names and its signature; raises `not_found` without one
+        (Predict and Classify word that error differently, as TF Serving does)."""
+        servable = self._manager.resolve(spec)
+        served["version"] = str(servable.version)
+        signature = servable.signature_defs.get(signature_name)
+        if signature is None:
+            raise not_found
+        return servable, signature
+
     # -- Predict -----------------------------------------------------------
 
     def predict(self, request, api: str = "grpc"):
@@ -77,13 +87,9 @@ class ApiHandler:
         spec = request.model_spec
         signature_name = spec.signature_name or DEFAULT_SIGNATURE
         with self._observed(spec, signature_name, api, "predict") as served:
-            servable = self._manager.resolve(spec)
-            served["version"] = str(servable.version)
-            signature = servable.signature_defs.get(signature_name)
-            if signature is None:
-                raise status.ServingStatusError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"Serving signature key \"{signature_name}\" not found.")
+            servable, signature = self._resolve(spec, signature_name, served, status.ServingStatusError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"Serving signature key \"{signature_name}\" not found."))
             if signature.method_name not in (servable_lib.PREDICT_METHOD, servable_lib.CLASSIFY_METHOD,
                                              servable_lib.REGRESS_METHOD):
                 raise status.ServingStatusError(
@@ -176,11 +182,8 @@ class ApiHandler:
         spec = request.model_spec
         signature_name = spec.signature_name or DEFAULT_SIGNATURE
         with self._observed(spec, signature_name, api, "classify") as served:
-            servable = self._manager.resolve(spec)
-            served["version"] = str(servable.version)
-            signature = servable.signature_defs.get(signature_name)
-            if signature is None:
-                raise status.invalid_argument(f"No signature was found with the name: {signature_name}")
+            servable, signature = self._resolve(spec, signature_name, served, status.invalid_argument(
+                f"No signature was found with the name: {signature_name}"))
             if signature.method_name != servable_lib.CLASSIFY_METHOD:
                 raise status.invalid_argument(
                     f"Expected classification signature method_name to be "
