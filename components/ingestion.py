@@ -18,15 +18,12 @@ renamed into place, so a failed import leaves nothing behind.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import io
 import json
 import logging
-import math
 import os
-import re
 import shutil
 import tempfile
 from collections import defaultdict
@@ -34,36 +31,20 @@ from pathlib import Path
 
 from PIL import Image
 
-from components.atomic_dir import replace_dir
 from components import features
+from components.atomic_dir import replace_dir
+from components.ingest_sources import (  # noqa: F401 (IngestError is this module's error too)
+    GRADE_NAMES, IngestError, Item, Scan, add_eval_source, listing, scan_folders, scan_manifest)
+from components.ingest_splits import assign_splits, check_patient_leaks, seeded_hash
 
 logger = logging.getLogger(__name__)
 
 REPORT_NAME = "ingest_report.json"
 RECORD_NAME = "data.tfrecord"
-TEST_SPLIT = "test"
 REPORT_FORMAT_VERSION = 1
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _DECODABLE_FORMATS = ("PNG", "JPEG")
-# Folder (or manifest) split names and the output split they feed.
-SPLIT_ALIASES = {
-    "train": features.TRAIN_SPLIT,
-    "val": features.EVAL_SPLIT,
-    "valid": features.EVAL_SPLIT,
-    "validation": features.EVAL_SPLIT,
-    "eval": features.EVAL_SPLIT,
-    "test": TEST_SPLIT,
-}
-_GRADE_NAMES = tuple(str(g) for g in range(features.NUM_GRADES))
-# "<id><L|R>" where the id ends in a digit, e.g. 9001695L or syn00017R.
-_KNEE_NAME = re.compile(r"^(?P<patient>[A-Za-z_-]*\d+)(?P<side>[LR])$")
+
 _PROGRESS_EVERY = 1000
-_MAX_LISTED = 20
-
-
-class IngestError(Exception):
-    """The source cannot be imported as it is; the message names the problem."""
 
 
 @dataclasses.dataclass
@@ -115,32 +96,6 @@ class IngestReport:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
 
 
-@dataclasses.dataclass
-class _Item:
-    """One candidate image."""
-
-    path: Path
-    rel: str  # POSIX path relative to the source root, stored in SOURCE_KEY
-    grade: int
-    given_split: str | None  # output split name from the source, or None
-    patient: str
-    side: str
-    sha256: str = ""
-    split: str = ""
-
-
-@dataclasses.dataclass
-class _Scan:
-    items: list[_Item] = dataclasses.field(default_factory=list)
-    declared_splits: set[str] = dataclasses.field(default_factory=set)
-    excluded: list[dict[str, str]] = dataclasses.field(default_factory=list)
-    skipped: list[str] = dataclasses.field(default_factory=list)
-
-    def exclude(self, rel: str, reason: str) -> None:
-        logger.warning("Excluding %s: %s", rel, reason)
-        self.excluded.append({"path": rel, "reason": reason})
-
-
 def ingest(source: str | os.PathLike, out_dir: str | os.PathLike, *,
            eval_fraction: float = 0.2, seed: int = 42,
            manifest: str | os.PathLike | None = None,
@@ -190,11 +145,11 @@ def ingest(source: str | os.PathLike, out_dir: str | os.PathLike, *,
     _check_out_dir(out, source_dir)
 
     if manifest is None:
-        scan = _scan_folders(source_dir)
+        scan = scan_folders(source_dir)
     else:
-        scan = _scan_manifest(source_dir, Path(manifest))
+        scan = scan_manifest(source_dir, Path(manifest))
     if eval_source is not None:
-        _add_eval_source(scan, Path(eval_source))
+        add_eval_source(scan, Path(eval_source))
     logger.info("Found %d candidate images in %s", len(scan.items), source_dir)
     items = _inspect(scan)
     items, duplicates = _resolve_duplicates(items, scan)
@@ -202,8 +157,8 @@ def ingest(source: str | os.PathLike, out_dir: str | os.PathLike, *,
         raise IngestError(f"no usable images in {source_dir}")
     for split in sorted(scan.declared_splits - {i.given_split for i in items}):
         raise IngestError(f"the source's {split} split has no usable images")
-    _check_patient_leaks(items)
-    policy, warnings = _assign_splits(items, eval_fraction, seed)
+    check_patient_leaks(items)
+    policy, warnings = assign_splits(items, eval_fraction, seed)
 
     splits = sorted({item.split for item in items})
     report = IngestReport(
@@ -228,18 +183,6 @@ def ingest(source: str | os.PathLike, out_dir: str | os.PathLike, *,
     return report
 
 
-def parse_knee_name(stem: str) -> tuple[str, str]:
-    """Patient id and side from a file stem: "9001695L" -> ("9001695", "L").
-
-    Stems not of the form ``<id><L|R>`` (id ending in a digit) give
-    ``(stem, "U")``.
-    """
-    match = _KNEE_NAME.match(stem)
-    if match is None:
-        return stem, "U"
-    return match.group("patient"), match.group("side")
-
-
 def _check_out_dir(out: Path, source_dir: Path) -> None:
     resolved_out, resolved_source = out.resolve(), source_dir.resolve()
     if resolved_out == resolved_source or resolved_source in resolved_out.parents:
@@ -252,166 +195,6 @@ def _check_out_dir(out: Path, source_dir: Path) -> None:
         raise IngestError(
             f"refusing to overwrite {out}: it is not empty and holds no {REPORT_NAME} "
             "from a previous import")
-
-
-def _is_hidden(path: Path) -> bool:
-    return path.name.startswith(".")
-
-
-def _grade_of_folder(folder: Path, rel: str) -> int:
-    if folder.name not in _GRADE_NAMES:
-        raise IngestError(
-            f"unknown grade folder '{rel}': grade folders must be named 0..4")
-    return int(folder.name)
-
-
-def _scan_folders(source_dir: Path) -> _Scan:
-    """Lists candidate images of a ``<split>/<grade>/`` or ``<grade>/`` tree."""
-    scan = _Scan()
-    split_dirs, grade_dirs = [], []
-    for entry in sorted(source_dir.iterdir()):
-        if _is_hidden(entry):
-            scan.skipped.append(entry.name)
-        elif entry.is_dir():
-            if entry.name.lower() in SPLIT_ALIASES:
-                split_dirs.append(entry)
-            elif entry.name.isdigit():
-                grade_dirs.append((entry, _grade_of_folder(entry, entry.name)))
-            else:
-                raise IngestError(
-                    f"unexpected folder '{entry.name}' in {source_dir}: expected grade "
-                    f"folders 0..4 or split folders ({', '.join(sorted(SPLIT_ALIASES))})")
-        else:
-            _stray_file(scan, entry, entry.name)
-    if split_dirs and grade_dirs:
-        raise IngestError(
-            f"{source_dir} mixes split folders and grade folders; use one layout")
-    for grade_dir, grade in grade_dirs:
-        _scan_grade_dir(scan, source_dir, grade_dir, grade, None)
-    for split_dir in split_dirs:
-        split = SPLIT_ALIASES[split_dir.name.lower()]
-        scan.declared_splits.add(split)
-        for entry in sorted(split_dir.iterdir()):
-            rel = f"{split_dir.name}/{entry.name}"
-            if _is_hidden(entry):
-                scan.skipped.append(rel)
-            elif entry.is_dir():
-                grade = _grade_of_folder(entry, rel)
-                _scan_grade_dir(scan, source_dir, entry, grade, split)
-            else:
-                _stray_file(scan, entry, rel)
-    return scan
-
-
-def _add_eval_source(scan: _Scan, eval_dir: Path) -> None:
-    """Adds a ``<grade>/`` folder as the given eval split; the rest becomes train."""
-    if not eval_dir.is_dir():
-        raise IngestError(f"eval source folder {eval_dir} does not exist")
-    if features.EVAL_SPLIT in scan.declared_splits or any(
-            item.given_split == features.EVAL_SPLIT for item in scan.items):
-        raise IngestError(f"the source already has an eval split; {eval_dir} would be a "
-                          "second one")
-    extra = _scan_folders(eval_dir)
-    if extra.declared_splits:
-        raise IngestError(f"eval source {eval_dir} must hold grade folders 0..4, not split "
-                          "folders")
-    prefix = eval_dir.resolve().name
-    for item in scan.items:
-        item.given_split = item.given_split or features.TRAIN_SPLIT
-    for item in extra.items:
-        item.rel = f"{prefix}/{item.rel}"
-        item.given_split = features.EVAL_SPLIT
-    scan.items += extra.items
-    scan.excluded += [{**e, "path": f"{prefix}/{e['path']}"} for e in extra.excluded]
-    scan.skipped += [f"{prefix}/{name}" for name in extra.skipped]
-    scan.declared_splits |= {features.TRAIN_SPLIT, features.EVAL_SPLIT}
-
-
-def _stray_file(scan: _Scan, path: Path, rel: str) -> None:
-    """A file outside any grade folder: images are excluded, helpers skipped."""
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        scan.exclude(rel, "image outside a grade folder (grade unknown)")
-    else:
-        scan.skipped.append(rel)
-
-
-def _scan_grade_dir(scan: _Scan, source_dir: Path, grade_dir: Path, grade: int,
-                    split: str | None) -> None:
-    for path in sorted(p for p in grade_dir.rglob("*") if not p.is_dir()):
-        rel = path.relative_to(source_dir).as_posix()
-        if any(part.startswith(".") for part in path.relative_to(grade_dir).parts):
-            scan.skipped.append(rel)
-        elif path.suffix.lower() not in IMAGE_SUFFIXES:
-            scan.exclude(rel, f"not an image file (suffix '{path.suffix}')")
-        else:
-            patient, side = parse_knee_name(path.stem)
-            scan.items.append(_Item(path, rel, grade, split, patient, side))
-
-
-def _scan_manifest(source_dir: Path, manifest: Path) -> _Scan:
-    """Lists candidate images from a CSV with path,grade[,patient_id,side,split]."""
-    if not manifest.is_file():
-        raise IngestError(f"manifest {manifest} does not exist")
-    scan = _Scan()
-    root = source_dir.resolve()
-    with manifest.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = set(reader.fieldnames or ())
-        missing = {"path", "grade"} - columns
-        if missing:
-            raise IngestError(
-                f"manifest {manifest} lacks column(s) {', '.join(sorted(missing))}")
-        for line, row in enumerate(reader, start=2):
-            where = f"{manifest.name} line {line}"
-            raw_path = (row.get("path") or "").strip()
-            if not raw_path:
-                raise IngestError(f"{where}: empty path")
-            path = (manifest.parent / raw_path).resolve()
-            try:
-                rel = path.relative_to(root).as_posix()
-            except ValueError as e:
-                raise IngestError(
-                    f"{where}: {raw_path} is outside the source {source_dir}") from e
-            grade = _parse_grade(row.get("grade"), where)
-            split = _parse_split(row.get("split"), where)
-            patient, side = parse_knee_name(path.stem)
-            patient = (row.get("patient_id") or "").strip() or patient
-            side = _parse_side(row.get("side"), where) or side
-            if not path.is_file():
-                scan.exclude(rel, "listed in the manifest but missing")
-            elif path.suffix.lower() not in IMAGE_SUFFIXES:
-                scan.exclude(rel, f"not an image file (suffix '{path.suffix}')")
-            else:
-                scan.items.append(_Item(path, rel, grade, split, patient, side))
-    if len({item.given_split is None for item in scan.items}) > 1:
-        raise IngestError(f"manifest {manifest} gives a split for some rows but not all")
-    return scan
-
-
-def _parse_grade(value: str | None, where: str) -> int:
-    text = (value or "").strip()
-    if text not in _GRADE_NAMES:
-        raise IngestError(f"{where}: unknown grade '{text}' (expected 0..4)")
-    return int(text)
-
-
-def _parse_split(value: str | None, where: str) -> str | None:
-    text = (value or "").strip().lower()
-    if not text:
-        return None
-    if text not in SPLIT_ALIASES:
-        raise IngestError(
-            f"{where}: unknown split '{text}' (expected one of {', '.join(sorted(SPLIT_ALIASES))})")
-    return SPLIT_ALIASES[text]
-
-
-def _parse_side(value: str | None, where: str) -> str | None:
-    text = (value or "").strip().upper()
-    if not text:
-        return None
-    if text not in ("L", "R", "U"):
-        raise IngestError(f"{where}: unknown side '{text}' (expected L, R or U)")
-    return text
 
 
 def _decode_problem(data: bytes) -> str | None:
@@ -429,7 +212,7 @@ def _decode_problem(data: bytes) -> str | None:
     return None
 
 
-def _inspect(scan: _Scan) -> list[_Item]:
+def _inspect(scan: Scan) -> list[Item]:
     """Hashes and decodes every candidate; returns the readable ones."""
     readable = []
     for count, item in enumerate(scan.items, start=1):
@@ -445,7 +228,7 @@ def _inspect(scan: _Scan) -> list[_Item]:
     return readable
 
 
-def _resolve_duplicates(items: list[_Item], scan: _Scan) -> tuple[list[_Item], list[dict]]:
+def _resolve_duplicates(items: list[Item], scan: Scan) -> tuple[list[Item], list[dict]]:
     """Applies the duplicate policy to byte-identical images.
 
     Identical images in two given splits are a leak (IngestError). Otherwise
@@ -453,7 +236,7 @@ def _resolve_duplicates(items: list[_Item], scan: _Scan) -> tuple[list[_Item], l
     are reduced to the first by path, so no image can be in two splits or
     weigh twice.
     """
-    groups: dict[str, list[_Item]] = defaultdict(list)
+    groups: dict[str, list[Item]] = defaultdict(list)
     for item in items:
         groups[item.sha256].append(item)
     duplicates, leaks, dropped = [], [], set()
@@ -480,103 +263,23 @@ def _resolve_duplicates(items: list[_Item], scan: _Scan) -> tuple[list[_Item], l
     if leaks:
         raise IngestError(
             f"{len(leaks)} image(s) appear byte-identical in two given splits "
-            f"(a train/eval leak): {_listing(leaks)}")
+            f"(a train/eval leak): {listing(leaks)}")
     return [i for i in items if i.rel not in dropped], duplicates
 
 
-def _check_patient_leaks(items: list[_Item]) -> None:
-    splits_of: dict[str, set[str]] = defaultdict(set)
-    for item in items:
-        if item.given_split is not None:
-            splits_of[item.patient].add(item.given_split)
-    leaks = [f"{p} ({', '.join(sorted(s))})" for p, s in sorted(splits_of.items()) if len(s) > 1]
-    if leaks:
-        raise IngestError(
-            f"{len(leaks)} patient(s) appear in more than one given split "
-            f"(a patient-level leak): {_listing(leaks)}")
-
-
-def _assign_splits(items: list[_Item], eval_fraction: float,
-                   seed: int) -> tuple[str, list[str]]:
-    """Sets ``item.split``; returns the split policy and any warnings."""
-    given = {item.given_split for item in items}
-    if features.EVAL_SPLIT in given:
-        if features.TRAIN_SPLIT not in given:
-            raise IngestError("the source has an eval split but no train split")
-        for item in items:
-            item.split = item.given_split
-        policy = "given"
-    else:
-        if None not in given and features.TRAIN_SPLIT not in given:
-            raise IngestError("the source has no train split to carve eval from")
-        pool = [i for i in items if i.given_split != TEST_SPLIT]
-        for item in items:
-            item.split = item.given_split or features.TRAIN_SPLIT
-        for item in _carve_eval(pool, eval_fraction, seed):
-            item.split = features.EVAL_SPLIT
-        policy = "patient_stratified"
-
-    for split in (features.TRAIN_SPLIT, features.EVAL_SPLIT):
-        if not any(item.split == split for item in items):
-            raise IngestError(
-                f"split '{split}' would have no images (carving needs at least two "
-                "patients with the same worst grade)")
-    warnings = []
-    eval_grades = {i.grade for i in items if i.split == features.EVAL_SPLIT}
-    missing = sorted({i.grade for i in items} - eval_grades)
-    if missing:
-        warnings.append(f"grade(s) {missing} have no image in the eval split")
-        logger.warning(warnings[-1])
-    return policy, warnings
-
-
-def _carve_eval(pool: list[_Item], eval_fraction: float, seed: int) -> list[_Item]:
-    """Picks eval images by patient, stratified by each patient's worst grade.
-
-    Patients are ordered by a seeded hash of their id, so the choice does not
-    depend on listing order and adding patients does not reshuffle the rest.
-    Each stratum with two or more patients gives at least one to eval and
-    keeps at least one in train.
-    """
-    by_patient: dict[str, list[_Item]] = defaultdict(list)
-    for item in pool:
-        by_patient[item.patient].append(item)
-    strata: dict[int, list[str]] = defaultdict(list)
-    for patient, knees in by_patient.items():
-        strata[max(k.grade for k in knees)].append(patient)
-    chosen = []
-    for grade in sorted(strata):
-        patients = sorted(strata[grade], key=lambda p: _seeded_hash(seed, p))
-        n = len(patients)
-        take = 0 if n < 2 else min(max(math.floor(n * eval_fraction + 0.5), 1), n - 1)
-        for patient in patients[:take]:
-            chosen.extend(by_patient[patient])
-    return chosen
-
-
-def _seeded_hash(seed: int, text: str) -> str:
-    return hashlib.sha256(f"{seed}:{text}".encode()).hexdigest()
-
-
 def _grade_counts(items) -> dict[str, int]:
-    counts = {name: 0 for name in _GRADE_NAMES}
+    counts = {name: 0 for name in GRADE_NAMES}
     for item in items:
         counts[str(item.grade)] += 1
     return counts
 
 
-def _content_hash(items: list[_Item]) -> str:
+def _content_hash(items: list[Item]) -> str:
     lines = sorted(f"{i.sha256} {i.grade} {i.split}\n" for i in items)
     return hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
-def _listing(entries: list[str]) -> str:
-    shown = "; ".join(entries[:_MAX_LISTED])
-    more = len(entries) - _MAX_LISTED
-    return shown + (f"; and {more} more" if more > 0 else "")
-
-
-def _write_output(out: Path, items: list[_Item], report: IngestReport, seed: int) -> None:
+def _write_output(out: Path, items: list[Item], report: IngestReport, seed: int) -> None:
     """Writes records and report to a temporary sibling, then renames it to ``out``."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -586,7 +289,7 @@ def _write_output(out: Path, items: list[_Item], report: IngestReport, seed: int
         for split in sorted(report.counts):
             (tmp / split).mkdir()
             in_split = sorted((i for i in items if i.split == split),
-                              key=lambda i: _seeded_hash(seed, f"{i.sha256}:{i.rel}"))
+                              key=lambda i: seeded_hash(seed, f"{i.sha256}:{i.rel}"))
             written = _write_records(tmp / split / RECORD_NAME, in_split, written, len(items))
         (tmp / REPORT_NAME).write_text(report.to_json(), encoding="utf-8")
         replace_dir(tmp, out)
@@ -595,7 +298,7 @@ def _write_output(out: Path, items: list[_Item], report: IngestReport, seed: int
         raise
 
 
-def _write_records(path: Path, items: list[_Item], written: int, total: int) -> int:
+def _write_records(path: Path, items: list[Item], written: int, total: int) -> int:
     """Writes ``items`` as tf.train.Example records; returns the running count."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
@@ -622,5 +325,3 @@ def _write_records(path: Path, items: list[_Item], written: int, total: int) -> 
 
 def _bytes_feature(tf, value: bytes):
     return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-
-
