@@ -111,6 +111,17 @@ class _ThroughputLogger(keras.callbacks.Callback):
                     seconds, self._examples / seconds, shown)
 
 
+def finetune_schedule(config: ModelConfig, steps_per_epoch: int):
+    """Learning rate of the fine-tune phase per step: linear warm-up from 0 over
+    `warmup_epochs`, then cosine decay from `finetune_lr` to 0 (Loshchilov & Hutter 2017)."""
+    warmup = steps_per_epoch * config.warmup_epochs
+    decay = steps_per_epoch * max(1, config.finetune_epochs - config.warmup_epochs)
+    if warmup:
+        return keras.optimizers.schedules.CosineDecay(
+            0.0, decay, warmup_target=config.finetune_lr, warmup_steps=warmup)
+    return keras.optimizers.schedules.CosineDecay(config.finetune_lr, decay)
+
+
 def train(config: ModelConfig, train_ds: tf.data.Dataset, eval_ds: tf.data.Dataset,
           weights: Optional[Dict[int, float]], examples_per_epoch: int):
     """Frozen-backbone head training, then fine-tuning. Returns (model, history, stats)."""
@@ -150,12 +161,8 @@ def train(config: ModelConfig, train_ds: tf.data.Dataset, eval_ds: tf.data.Datas
     for layer in backbone.layers[:config.finetune_from]:
         layer.trainable = False
     steps_per_epoch = max(1, -(-examples_per_epoch // config.batch_size))
-    warmup = steps_per_epoch * config.warmup_epochs
-    decay = steps_per_epoch * max(1, config.finetune_epochs - config.warmup_epochs)
-    schedule = (keras.optimizers.schedules.CosineDecay(
-        0.0, decay, warmup_target=config.finetune_lr, warmup_steps=warmup) if warmup
-        else keras.optimizers.schedules.CosineDecay(config.finetune_lr, decay))
-    run_phase("fine-tune", config.finetune_epochs, schedule, fine_tune=True)
+    run_phase("fine-tune", config.finetune_epochs, finetune_schedule(config, steps_per_epoch),
+              fine_tune=True)
     return model, history, stats
 
 

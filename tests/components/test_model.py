@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from components import model, train
+from components import features, model, train
 from components.model_config import ModelConfig
 from conftest import shared_dir
 
@@ -34,6 +34,11 @@ def test_class_weights_refuse_a_missing_grade():
     ({"learning_rate": 0.1}, "unknown model settings"),
     ({"recall_floor": 1.2}, "recall_floor"),
     ({"ordinal_smoothing": 1.0}, "ordinal_smoothing"),
+    ({"equalisation": "gamma"}, "equalisation"),
+    ({"label_smoothing": -0.1}, "label_smoothing"),
+    ({"weight_decay": -1.0}, "weight_decay"),
+    ({"finetune_epochs": 4, "warmup_epochs": 4}, "warmup_epochs"),
+    ({"augment_zoom": -0.1}, "augmentation ranges"),
 ])
 def test_invalid_model_config_is_named(values, message):
     with pytest.raises(ValueError, match=message):
@@ -116,3 +121,43 @@ def test_ordinal_smoothing_loss_charges_far_misses_more_than_near_ones():
     np.testing.assert_allclose(loss(tf.constant([2, 0]), target).numpy(), expected, rtol=1e-4)
     assert train.ordinal_smoothing_loss(0.0)(tf.constant([1]), near[:1]).numpy() == pytest.approx(
         -np.log(0.8), rel=1e-5)
+
+
+def test_model_config_defaults_are_the_params_yaml_settings():
+    from pathlib import Path
+
+    import yaml
+
+    with open(Path(__file__).resolve().parents[2] / "params.yaml", encoding="utf-8") as f:
+        model = yaml.safe_load(f)["model"]
+    defaults = ModelConfig()
+    assert {key: getattr(defaults, key) for key in model} == model
+
+
+def test_label_smoothing_spreads_the_target_over_all_grades():
+    loss = train.ordinal_smoothing_loss(0.0, uniform=0.1)
+    target = np.full((1, 5), 0.02, np.float32)
+    target[0, 3] = 0.92
+    expected = -np.sum(target * np.log(target))
+    assert loss(tf.constant([3]), tf.constant(target)).numpy()[0] == pytest.approx(expected,
+                                                                                  rel=1e-5)
+
+
+def test_fine_tune_options_train_and_the_schedule_warms_up():
+    import tensorflow as tf_
+
+    config = ModelConfig(image_size=32, weights="none", head_epochs=0, finetune_epochs=2,
+                         warmup_epochs=1, weight_decay=0.01, ema=True, label_smoothing=0.1,
+                         augment_translate=0.1, batch_size=8)
+    images = tf_.random.uniform([16, 32, 32, 1], seed=1)
+    labels = tf_.constant([0, 1, 2, 3, 4, 0, 1, 2] * 2)
+    ds = tf_.data.Dataset.from_tensor_slices(
+        ({features.TRANSFORMED_IMAGE_KEY: images}, labels)).batch(8)
+    trained, history, _ = train.train(config, ds, ds, None, 16)
+    assert len(history["loss"]) == 2 and all(np.isfinite(history["loss"]))
+    assert isinstance(trained.optimizer, tf_.keras.optimizers.AdamW)
+    schedule = train.finetune_schedule(config, steps_per_epoch=2)
+    # One warm-up epoch of 2 steps from 0 to the peak, then the cosine decay.
+    assert float(schedule(0)) == pytest.approx(0.0)
+    assert float(schedule(2)) == pytest.approx(config.finetune_lr, rel=1e-5)
+    assert float(schedule(3)) < config.finetune_lr

@@ -103,3 +103,18 @@ def test_bytes_that_are_not_an_image_are_rejected(payload):
 def test_clahe_needs_a_size_divisible_by_its_grid():
     with pytest.raises(ValueError, match="divisible"):
         preprocessing.clahe(tf.zeros([1, 60, 60, 1]))
+
+
+def test_equalisation_modes_none_and_clip_limited(tmp_path):
+    knee = (_knee(tmp_path, 64) * 0.4 + 50).astype(np.uint8)  # an under-exposed film
+    encoded = tf.constant([_encode(knee)])
+    plain = preprocessing.preprocess_images(encoded, 64, "none").numpy()[0, ..., 0]
+    decoded = preprocessing.decode_image(encoded[0], 64).numpy()[..., 0]
+    np.testing.assert_allclose(plain, decoded, atol=1e-6)
+    ahe = preprocessing.preprocess_images(encoded, 64, "ahe").numpy()
+    clahe = preprocessing.preprocess_images(encoded, 64, "clahe").numpy()
+    # Unclipped equalisation stretches a narrow-range film the most, the clip-limited
+    # one less, none not at all.
+    assert np.ptp(ahe) > np.ptp(clahe) > np.ptp(plain)
+    with pytest.raises(ValueError, match="equalisation"):
+        preprocessing.preprocess_images(encoded, 64, "gamma")
