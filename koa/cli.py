@@ -89,7 +89,8 @@ def _cmd_report(args) -> int:
 def _cmd_exp_args(args) -> int:
     from pipeline import params as params_lib
     # stdout is the product here: the arguments, for `dvc exp run $(koa exp-args FILE)`.
-    sys.stdout.write(" ".join(params_lib.set_args(args.params_file, args.base)) + "\n")
+    sys.stdout.write(" ".join(params_lib.set_args(args.params_file, args.base,
+                                                  args.absolute_paths)) + "\n")
     return 0
 
 
@@ -151,6 +152,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("params_file", help="e.g. params.kneeKL224.yaml")
     p.add_argument("--base", default=configs.PARAMS_FILE,
                    help="the params the experiment starts from (default: params.yaml)")
+    p.add_argument("--absolute-paths", action="store_true",
+                   help="make relative data/weights paths absolute, for `dvc exp run --queue` "
+                        "and `--temp` (they run in a copy of the repository)")
     p.set_defaults(func=_cmd_exp_args)
 
     p = sub.add_parser("compile-kfp", help="compile the pipeline for Kubeflow Pipelines v2")

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 from typing import Dict, List
 
 import yaml
@@ -119,19 +120,33 @@ def _leaves(values: Dict, prefix: str = "") -> Dict[str, object]:
     return flat
 
 
-def set_args(path: str, base_path: str) -> List[str]:
+# Settings that name files or folders; "none" and "imagenet" are weights choices, not paths.
+_PATH_SETTINGS = ("data.source", "data.manifest", "data.eval_source", "model.weights")
+_NOT_PATHS = ("", "none", "imagenet")
+
+
+def set_args(path: str, base_path: str, absolute_paths: bool = False) -> List[str]:
     """`dvc exp run` arguments (`-S key=value`, one pair per setting) that turn the params
     in `base_path` into those of `path`: only the settings that differ.
 
     Both files are checked first. Values are written so that the shell can split the
     arguments on whitespace: a value containing whitespace is refused.
+
+    With `absolute_paths`, relative data and weights paths are made absolute (relative to
+    the folder of `path`), as `dvc exp run --queue/--temp` needs for files outside the
+    repository: those runs happen in a copy of it under .dvc/tmp/exps/, where a path like
+    ../shared/... points elsewhere (DVC's own advice, treeverse/dvc#8747).
     """
     target, base = _read(path), _read(base_path)
     parse(target)
     parse(base)
     base_leaves = _leaves(base)
+    folder = os.path.dirname(os.path.abspath(path))
     args = []
     for key, value in _leaves(target).items():
+        if (absolute_paths and key in _PATH_SETTINGS and isinstance(value, str)
+                and value not in _NOT_PATHS and not os.path.isabs(value)):
+            value = os.path.normpath(os.path.join(folder, value))
         if key in base_leaves and base_leaves[key] == value:
             continue
         text = value if isinstance(value, str) else json.dumps(value, separators=(",", ":"))

@@ -68,3 +68,17 @@ def test_set_args_refuse_invalid_params_and_unsplittable_values(tmp_path):
     spaced.write_text("data: {source: 'my films'}\n")
     with pytest.raises(params.ParamsError, match="one shell word"):
         params.set_args(str(spaced), str(base))
+
+
+def test_set_args_can_make_data_paths_absolute_for_queued_experiments(tmp_path):
+    base = tmp_path / "base.yaml"
+    base.write_text("data: {source: data}\nmodel: {weights: none}\n")
+    target = tmp_path / "target.yaml"
+    target.write_text("data: {source: ../shared/films, eval_source: /abs/val}\n"
+                      "model: {weights: ../w.h5}\n")
+    assert params.set_args(str(target), str(base)) == [
+        "-S", "data.source=../shared/films", "-S", "data.eval_source=/abs/val",
+        "-S", "model.weights=../w.h5"]
+    assert params.set_args(str(target), str(base), absolute_paths=True) == [
+        "-S", f"data.source={tmp_path.parent / 'shared' / 'films'}",
+        "-S", "data.eval_source=/abs/val", "-S", f"model.weights={tmp_path.parent / 'w.h5'}"]
