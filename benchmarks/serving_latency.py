@@ -172,7 +172,8 @@ def main(argv=None) -> int:
     base_path = args.model_base_path
     model_kind = "pipeline push"
     if not scan_versions(base_path):
-        from serving.example_model import write_example_model  # pylint: disable=import-outside-toplevel
+        sys.path.insert(0, os.path.join(REPO_ROOT, "tests", "models"))
+        from example_model import write_example_model  # pylint: disable=import-outside-toplevel
         base_path = os.path.join(workdir, "koa")
         write_example_model(os.path.join(base_path, "1"), image_size=224, backbone="mobilenet_v2")
         model_kind = "example MobileNetV2 alpha=0.35, random weights"

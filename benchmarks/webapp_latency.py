@@ -10,7 +10,7 @@ Same model, same machine, same run:
   The ratio goal is <= 1.30.
 * 20 concurrent users doing the page flow for a minute: throughput and errors (goal 0).
 
-By default it writes a MobileNetV2-sized example model (``serving.example_model``,
+By default it writes a MobileNetV2-sized example model (``tests/models/example_model.py``,
 random weights: realistic cost, meaningless grades), starts the project's model
 server and the web app on loopback ports, and stops both at the end. Point it at
 a running model server with ``--serving-target`` and ``--model-base-path``.
@@ -63,7 +63,7 @@ def _env(extra: dict) -> dict:
 
 def _write_model(base_path: str, backbone: str, image_size: int) -> None:
     code = (
-        "import sys; from serving.example_model import write_example_model; "
+        "import sys; sys.path.insert(0, 'tests/models'); from example_model import write_example_model; "
         f"write_example_model(sys.argv[1], backbone={backbone!r}, image_size={image_size})"
     )
     subprocess.run(
@@ -321,7 +321,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             logger.info("writing %s example model to %s", args.backbone, base_path)
             _write_model(base_path, args.backbone, args.image_size)
             target = _start_model_server(procs, base_path, workdir)
-            model_desc = f"serving.example_model {args.backbone} {args.image_size}px (random weights)"
+            model_desc = f"tests/models/example_model.py {args.backbone} {args.image_size}px (random weights)"
         url = _start_web(procs, target, base_path or "", workdir, args.web_threads)
         logger.info("web app at %s, model server at %s", url, target)
         latency = measure_latency(url, target, image, args.requests, args.warmup)

@@ -28,14 +28,13 @@ def _serving_signatures(model: keras.Model, tf_transform_output, tta: bool) -> D
     image_spec = {features.IMAGE_KEY: raw_spec[features.IMAGE_KEY]}
 
     def preprocess(image_bytes):
-        raw = {features.IMAGE_KEY: tf.reshape(image_bytes, [-1, 1])}
-        return model.tft_layer(raw)[features.TRANSFORMED_IMAGE_KEY]
+        return model.tft_layer({features.IMAGE_KEY: tf.reshape(image_bytes, [-1, 1])})
 
-    def outputs(pooled, logits, image_bytes):
+    def outputs(pooled, logits, transformed):
         probabilities = tf.nn.softmax(model.temperature_scaling(model.grade_offsets(logits)))
         grades = tf.range(features.NUM_GRADES, dtype=tf.float32)
-        ood_score = tf.maximum(model.feature_distance(pooled),
-                               ood.input_check_score(image_bytes))
+        ood_score = tf.maximum(model.feature_distance(pooled), ood.input_check_score(
+            transformed[features.PIXEL_STD_KEY], transformed[features.CHROMA_KEY]))
         return {
             features.PROBABILITIES_OUTPUT: probabilities,
             features.GRADE_OUTPUT: tf.argmax(probabilities, axis=-1),
@@ -46,31 +45,31 @@ def _serving_signatures(model: keras.Model, tf_transform_output, tta: bool) -> D
 
     image_input = tf.TensorSpec([None], tf.string, name=features.SERVING_INPUT)
 
-    def predict(images, image_bytes):
+    def predict(transformed):
+        images = transformed[features.TRANSFORMED_IMAGE_KEY]
         _, pooled, logits = features_and_logits(model, images)
-        return outputs(pooled, with_tta(model, images, logits, tta), image_bytes)
+        return outputs(pooled, with_tta(model, images, logits, tta), transformed)
 
     @tf.function(input_signature=[image_input])
     def serve_images(image_bytes):
-        return predict(preprocess(image_bytes), image_bytes)
+        return predict(preprocess(image_bytes))
 
     @tf.function(input_signature=[
         tf.TensorSpec([None], tf.string, name=features.EXAMPLES_INPUT)])
     def serve_examples(examples):
-        parsed = tf.io.parse_example(examples, image_spec)
-        images = model.tft_layer(parsed)[features.TRANSFORMED_IMAGE_KEY]
-        return predict(images, parsed[features.IMAGE_KEY])
+        return predict(model.tft_layer(tf.io.parse_example(examples, image_spec)))
 
     @tf.function(input_signature=[image_input])
     def gradcam(image_bytes):
         """Grad-CAM of the returned grade's logit on the last convolutional feature map
         (of the image as given, also under TTA)."""
-        images = preprocess(image_bytes)
+        transformed = preprocess(image_bytes)
+        images = transformed[features.TRANSFORMED_IMAGE_KEY]
         feature_map, _, _ = features_and_logits(model, images)
         with tf.GradientTape() as tape:
             tape.watch(feature_map)
             _, pooled, logits = features_and_logits(model, images, feature_map)
-            result = outputs(pooled, with_tta(model, images, logits, tta), image_bytes)
+            result = outputs(pooled, with_tta(model, images, logits, tta), transformed)
             grade = result[features.GRADE_OUTPUT]
             score = tf.gather(logits, grade, axis=1, batch_dims=1)
         grads = tape.gradient(score, feature_map)

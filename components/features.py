@@ -33,6 +33,10 @@ TRANSFORMED_IMAGE_KEY = "image_xf"
 # The equalisation works on an 8x8 grid of tiles, so the model's image size must be a
 # multiple of it.
 IMAGE_SIZE_MULTIPLE = 8
+# Transform outputs beside the image, for the out-of-distribution input checks
+# (components/ood.py): float32 [N], measured on the decoded film before equalisation.
+PIXEL_STD_KEY = "pixel_std"  # standard deviation of the gray pixels in [0, 1]
+CHROMA_KEY = "chroma"  # mean over pixels of max - min over R, G, B; 0 for gray files
 # Contrast enhancement the Transform graph can apply (components/preprocessing.py):
 # unclipped adaptive histogram equalisation, classic clip-limited CLAHE, or none.
 EQUALISATIONS = ("ahe", "clahe", "none")

@@ -12,7 +12,9 @@ Two input checks that need no model come first, because a feature distance on a 
 backbone can place a featureless image close to the knees (measured: the tiny synthetic
 model scored blank frames 0.69 of its threshold): a blank frame (the decoded image's pixel
 standard deviation below BLANK_STD) and a colour picture (mean chroma, max - min over
-R, G, B, above COLOUR_CHROMA; radiographs are gray even when stored as RGB).
+R, G, B, above COLOUR_CHROMA; radiographs are gray even when stored as RGB). Both are
+measured by the one preprocessing definition on the films the classifier sees
+(`preprocessing.preprocess_with_checks`, part of the Transform graph).
 
 Exported score: the largest of distance / threshold, BLANK_STD / std and
 chroma / COLOUR_CHROMA, so ≤ 1 is typical of validation knees and > 1 means "flagged, do
@@ -30,7 +32,6 @@ logger = logging.getLogger(__name__)
 _CHUNK = 512  # examples per numpy distance block (keeps [chunk, K, D] small)
 BLANK_STD = 0.02  # pixel std (0..1 scale) under which a frame is blank; knees: > 0.1
 COLOUR_CHROMA = 0.05  # mean max-min over RGB above which a picture is in colour
-_CHECK_SIZE = 64  # the input checks look at a small copy of the image
 
 
 class OodError(ValueError):
@@ -72,26 +73,18 @@ class FeatureDistance(tf.Module):
         return self.distance(features) / self.threshold
 
 
-def _check_one(image_bytes: tf.Tensor) -> tf.Tensor:
-    image = tf.io.decode_image(image_bytes, channels=3, dtype=tf.float32,
-                               expand_animations=False)
-    image = tf.image.resize(image, [_CHECK_SIZE, _CHECK_SIZE], method="area")
-    gray_std = tf.math.reduce_std(tf.reduce_mean(image, axis=-1))
-    chroma = tf.reduce_mean(tf.reduce_max(image, axis=-1) - tf.reduce_min(image, axis=-1))
-    return tf.maximum(BLANK_STD / tf.maximum(gray_std, 1e-6), chroma / COLOUR_CHROMA)
-
-
-def input_check_score(image_bytes: tf.Tensor) -> tf.Tensor:
-    """Blank-frame and colour-picture checks on encoded images, in the graph.
+def input_check_score(pixel_std: tf.Tensor, chroma: tf.Tensor) -> tf.Tensor:
+    """Blank-frame and colour-picture checks, in the graph.
 
     Args:
-      image_bytes: tf.string [N], PNG/JPEG/BMP/GIF.
+      pixel_std: float32 [N], gray pixel standard deviation of the decoded film (0..1
+        scale), as `preprocessing.preprocess_with_checks` measures it.
+      chroma: float32 [N], its mean max - min over R, G, B.
 
     Returns:
       float32 [N]: > 1 when the image is blank or in colour.
     """
-    return tf.map_fn(_check_one, tf.reshape(image_bytes, [-1]),
-                     fn_output_signature=tf.TensorSpec([], tf.float32))
+    return tf.maximum(BLANK_STD / tf.maximum(pixel_std, 1e-6), chroma / COLOUR_CHROMA)
 
 
 def fit(train_features: np.ndarray, train_labels: np.ndarray, eval_features: np.ndarray,

@@ -30,6 +30,34 @@ _CLIP_LIMITS = {"ahe": CLAHE_CLIP_LIMIT, "clahe": 2.0}
 DEFAULT_EQUALISATION = "ahe"
 
 
+_CHROMA_SIZE = 64  # colour is measured on a small copy: a mean needs no detail
+
+
+def _decode(image_bytes: tf.Tensor, image_size: int):
+    """One encoded file -> (gray image [S, S, 1] in [0, 1], chroma scalar)."""
+    # dtype=float32 rescales 8- and 16-bit inputs to [0, 1] alike.
+    image = tf.io.decode_image(
+        image_bytes, channels=0, dtype=tf.float32, expand_animations=False
+    )
+    channels = tf.shape(image)[-1]
+    rgb = image[..., :3]
+
+    def chroma():
+        small = tf.image.resize(rgb, [_CHROMA_SIZE, _CHROMA_SIZE], method="area")
+        return tf.reduce_mean(tf.reduce_max(small, axis=-1) - tf.reduce_min(small, axis=-1))
+
+    colour = tf.cond(channels >= 3, chroma, lambda: tf.constant(0.0))
+    image = tf.cond(
+        channels >= 3,
+        lambda: tf.image.rgb_to_grayscale(rgb),
+        lambda: image[..., :1],
+    )
+    image = tf.image.resize_with_pad(
+        image, image_size, image_size, antialias=True
+    )
+    return tf.clip_by_value(image, 0.0, 1.0), colour
+
+
 def decode_image(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
     """Decodes one PNG/JPEG/BMP/GIF to a gray float image of `image_size` squared.
 
@@ -42,21 +70,11 @@ def decode_image(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
 
     Returns:
       float32 [image_size, image_size, 1] in [0, 1].
+
+    Raises:
+      tf.errors.InvalidArgumentError: the bytes are not an image TensorFlow decodes.
     """
-    # dtype=float32 rescales 8- and 16-bit inputs to [0, 1] alike.
-    image = tf.io.decode_image(
-        image_bytes, channels=0, dtype=tf.float32, expand_animations=False
-    )
-    channels = tf.shape(image)[-1]
-    image = tf.cond(
-        channels >= 3,
-        lambda: tf.image.rgb_to_grayscale(image[..., :3]),
-        lambda: image[..., :1],
-    )
-    image = tf.image.resize_with_pad(
-        image, image_size, image_size, antialias=True
-    )
-    return tf.clip_by_value(image, 0.0, 1.0)
+    return _decode(image_bytes, image_size)[0]
 
 
 def clahe(images: tf.Tensor, grid: int = CLAHE_GRID,
@@ -119,14 +137,20 @@ def clahe(images: tf.Tensor, grid: int = CLAHE_GRID,
     return tf.clip_by_value(out, 0.0, 1.0)[..., None]
 
 
-def preprocess_images(image_bytes: tf.Tensor, image_size: int,
-                      equalisation: str = DEFAULT_EQUALISATION) -> tf.Tensor:
-    """Encoded images -> float32 [N, image_size, image_size, 1] in [0, 1], enhanced.
+def preprocess_with_checks(image_bytes: tf.Tensor, image_size: int,
+                           equalisation: str = DEFAULT_EQUALISATION):
+    """Encoded images -> the model's input and what the out-of-distribution input checks
+    measure on the same decoded films (components/ood.py).
 
     Args:
       image_bytes: tf.string of any shape whose elements are encoded images.
       image_size: output size; a multiple of CLAHE_GRID.
       equalisation: one of features.EQUALISATIONS.
+
+    Returns:
+      (images float32 [N, image_size, image_size, 1] in [0, 1], enhanced;
+       pixel_std float32 [N], the gray pixels' standard deviation before enhancement;
+       chroma float32 [N], mean max - min over R, G, B, 0 for gray files).
 
     Raises:
       ValueError: unknown `equalisation`.
@@ -135,14 +159,25 @@ def preprocess_images(image_bytes: tf.Tensor, image_size: int,
         raise ValueError(f"equalisation must be one of {features.EQUALISATIONS}, "
                          f"got {equalisation!r}")
     flat = tf.reshape(image_bytes, [-1])
-    images = tf.map_fn(
-        lambda b: decode_image(b, image_size),
+    images, chroma = tf.map_fn(
+        lambda b: _decode(b, image_size),
         flat,
-        fn_output_signature=tf.TensorSpec([image_size, image_size, 1], tf.float32),
+        fn_output_signature=(tf.TensorSpec([image_size, image_size, 1], tf.float32),
+                             tf.TensorSpec([], tf.float32)),
     )
-    if equalisation == "none":
-        return images
-    return clahe(images, clip_limit=_CLIP_LIMITS[equalisation])
+    pixel_std = tf.math.reduce_std(images, axis=[1, 2, 3])
+    if equalisation != "none":
+        images = clahe(images, clip_limit=_CLIP_LIMITS[equalisation])
+    return images, pixel_std, chroma
+
+
+def preprocess_images(image_bytes: tf.Tensor, image_size: int,
+                      equalisation: str = DEFAULT_EQUALISATION) -> tf.Tensor:
+    """Encoded images -> float32 [N, image_size, image_size, 1] in [0, 1], enhanced.
+
+    The image part of `preprocess_with_checks`; same arguments and errors.
+    """
+    return preprocess_with_checks(image_bytes, image_size, equalisation)[0]
 
 
 def preprocessing_fn(inputs, custom_config):
@@ -154,12 +189,15 @@ def preprocessing_fn(inputs, custom_config):
         pipeline config.
 
     Returns:
-      The model's input image and the label.
+      The model's input image, the input-check measures and the label.
     """
     size = int(custom_config["image_size"])
     equalisation = custom_config.get("equalisation", DEFAULT_EQUALISATION)
+    images, pixel_std, chroma = preprocess_with_checks(inputs[features.IMAGE_KEY], size,
+                                                       equalisation)
     return {
-        features.TRANSFORMED_IMAGE_KEY: preprocess_images(inputs[features.IMAGE_KEY], size,
-                                                          equalisation),
+        features.TRANSFORMED_IMAGE_KEY: images,
+        features.PIXEL_STD_KEY: pixel_std,
+        features.CHROMA_KEY: chroma,
         features.LABEL_KEY: tf.reshape(inputs[features.LABEL_KEY], [-1]),
     }

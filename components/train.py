@@ -60,13 +60,16 @@ def class_weights(counts: List[int], mode: str) -> Optional[Dict[int, float]]:
 
 def _dataset(fn_args, tf_transform_output, batch_size: int, shuffle: bool,
              seed: int) -> tf.data.Dataset:
-    return fn_args.data_accessor.tf_dataset_factory(
+    dataset = fn_args.data_accessor.tf_dataset_factory(
         fn_args.train_files if shuffle else fn_args.eval_files,
         tfxio.TensorFlowDatasetOptions(
             batch_size=batch_size, label_key=features.LABEL_KEY, num_epochs=1,
             shuffle=shuffle, shuffle_seed=seed, shuffle_buffer_size=1024),
         tf_transform_output.transformed_metadata.schema,
-    ).prefetch(tf.data.AUTOTUNE)
+    )
+    # The model takes the image; the input-check measures are for the exported graph.
+    key = features.TRANSFORMED_IMAGE_KEY
+    return dataset.map(lambda x, y: ({key: x[key]}, y)).prefetch(tf.data.AUTOTUNE)
 
 
 def datasets(fn_args, tf_transform_output, config: ModelConfig):

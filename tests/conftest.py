@@ -7,6 +7,7 @@ pipeline, model and evaluation tests all read its artifacts.
 
 import dataclasses
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ features.select_keras_2()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO = Path(__file__).resolve().parent.parent
+# The example SavedModels of the server, web and benchmark tests (`import example_model`).
+sys.path.insert(0, str(REPO / "tests" / "models"))
 
 
 def shared_dir() -> Path:

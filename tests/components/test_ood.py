@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components import non_knee, ood
+from components import non_knee, ood, preprocessing
 
 
 def _clusters(rng, n, dim=40):
@@ -77,6 +77,7 @@ def test_input_checks_flag_blank_and_colour_pictures_only():
     probes = non_knee.probe_images(size=128, seed=0)
     bad = [probes["blank_black"], probes["blank_gray"], probes["photo_like_texture"],
            probes["gaussian_noise_rgb"]]
-    scores = ood.input_check_score(tf.constant(ok + bad)).numpy()
+    _, pixel_std, chroma = preprocessing.preprocess_with_checks(tf.constant(ok + bad), 64)
+    scores = ood.input_check_score(pixel_std, chroma).numpy()
     assert (scores[:len(ok)] < 1.0).all(), scores
     assert (scores[len(ok):] > 1.0).all(), scores

@@ -4,7 +4,7 @@ The conformance tests talk to a server through the TensorFlow Serving API
 only. By default a fixture starts the project's server (``python -m serving``)
 in a subprocess on free ports. To run the same tests against another server,
 e.g. a real ``tensorflow/serving`` container, write its models with
-``python -m serving.example_model DIR --config-base-path=/models``, start it on
+``python tests/models/example_model.py DIR --config-base-path=/models``, start it on
 ``DIR/models.config`` with ``--grpc_channel_arguments=grpc.max_receive_message_length=1048576``,
 then set ``KOA_SERVING_TARGET=host:grpc_port``, ``KOA_SERVING_REST_URL=http://host:rest_port``
 and ``KOA_SERVING_MODELS_DIR=DIR`` (expected outputs are computed from DIR).
@@ -34,7 +34,7 @@ class Endpoint:
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory):
     """The conformance models (koa versions 1 and 2, classifier version 1)."""
-    from serving import example_model
+    import example_model
 
     external = os.environ.get("KOA_SERVING_MODELS_DIR")
     if external:
@@ -63,7 +63,7 @@ def reference(models_dir):
 @pytest.fixture(scope="session")
 def conformance(tmp_path_factory, models_dir):
     """The server the conformance tests talk to (see module docstring)."""
-    from serving import example_model
+    import example_model
 
     target = os.environ.get("KOA_SERVING_TARGET")
     if target:

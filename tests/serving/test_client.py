@@ -68,7 +68,7 @@ def _colour_png(rgb) -> bytes:
 @pytest.fixture(scope="module")
 def ood_client(tmp_path_factory):
     """A client of a server whose model also returns the out-of-distribution outputs."""
-    from serving import example_model
+    import example_model
 
     root = tmp_path_factory.mktemp("ood")
     example_model.write_example_model(str(root / "koa" / "1"), seed=3, ood=True)

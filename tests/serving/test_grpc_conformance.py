@@ -6,7 +6,8 @@ import pytest
 from tensorflow_serving.apis import predict_pb2  # noqa: F401 (the official stubs are what is tested)
 
 from components import features
-from serving import example_model, tensors
+import example_model
+from serving import tensors
 from serving_fixtures import OVERSIZE_LIMIT_BYTES, jpeg_bytes, png_bytes
 
 IMAGES = [png_bytes(1), png_bytes(2, size=64, bits=16), jpeg_bytes(3)]

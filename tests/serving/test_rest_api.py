@@ -8,7 +8,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from serving import example_model
+import example_model
 from serving_fixtures import png_bytes
 
 IMAGES = [png_bytes(11), png_bytes(12)]

@@ -1,7 +1,7 @@
 """Fixtures of the web-app tests.
 
 The model server is the project's real one (``python -m serving``), started once
-per session on a small real SavedModel (``tiny_model.py``, built in a
+per session on a small real SavedModel (``tests/models/tiny_model.py``, built in a
 subprocess so this process never imports TensorFlow). Each test gets a fresh
 app on a temporary SQLite database migrated with Alembic, a test client, and an
 ``auth`` helper that signs in through the real login form, CSRF token included.
@@ -23,7 +23,6 @@ from webapp_testlib import (
     ADMIN,
     CARD_FIXTURE,
     CLINICIAN,
-    HERE,
     OTHER_CLINICIAN,
     REPO,
     AuthActions,
@@ -61,7 +60,7 @@ def model_base_path(tmp_path_factory):
     base = tmp_path_factory.mktemp("serving_model") / "koa"
     base.mkdir()
     subprocess.run(
-        [sys.executable, os.path.join(HERE, "tiny_model.py"), str(base), "1"],
+        [sys.executable, os.path.join(REPO, "tests", "models", "tiny_model.py"), str(base), "1"],
         check=True,
         env=_subprocess_env(),
         stdout=subprocess.DEVNULL,

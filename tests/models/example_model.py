@@ -1,4 +1,5 @@
-"""Writes small but real SavedModels with the project's serving signatures.
+"""Writes small but real SavedModels with the project's serving signatures (a test and
+benchmark fixture: decoding and resizing are the product's own `preprocess_with_checks`).
 
 The trained model comes from the TFX pipeline. These models exist so that the
 server, the web app and their tests and benchmarks can run against a real
@@ -43,6 +44,8 @@ OOD_SATURATION_LIMIT = 0.25
 
 
 def _build_module(tf, seed: int, image_size: int, backbone: str, ood: bool):
+    from components import preprocessing  # imports TensorFlow
+
     rng = np.random.default_rng(seed)
 
     class GradingModel(tf.Module):
@@ -68,11 +71,11 @@ def _build_module(tf, seed: int, image_size: int, backbone: str, ood: bool):
                 raise ValueError(f"unknown backbone {backbone!r}")
 
         def decode(self, image_bytes):
-            def one(data):
-                image = tf.io.decode_image(data, channels=1, dtype=tf.float32, expand_animations=False)
-                return tf.image.resize(image, [image_size, image_size])
-            return tf.map_fn(one, image_bytes,
-                             fn_output_signature=tf.TensorSpec([image_size, image_size, 1], tf.float32))
+            """The product's own preprocessing (without equalisation): images and the
+            colour measure the OOD score uses."""
+            images, _, chroma = preprocessing.preprocess_with_checks(
+                image_bytes, image_size, "none")
+            return images, chroma
 
         def logits(self, images):
             if self.network is None:
@@ -80,40 +83,34 @@ def _build_module(tf, seed: int, image_size: int, backbone: str, ood: bool):
                 return tf.matmul(flat, self.weights) + self.bias
             return self.network(tf.image.grayscale_to_rgb(images) * 2.0 - 1.0, training=False)
 
-        def saturation(self, image_bytes):
-            def one(data):
-                image = tf.io.decode_image(data, channels=3, dtype=tf.float32, expand_animations=False)
-                return tf.reduce_mean(tf.reduce_max(image, axis=-1) - tf.reduce_min(image, axis=-1))
-            return tf.map_fn(one, image_bytes, fn_output_signature=tf.TensorSpec([], tf.float32))
-
-        def outputs(self, images, image_bytes):
+        def outputs(self, images, chroma):
             probabilities = tf.nn.softmax(self.logits(images))
             grades = tf.argmax(probabilities, axis=1, output_type=tf.int64)
             expected = tf.reduce_sum(probabilities * tf.range(features.NUM_GRADES, dtype=tf.float32), axis=1)
             result = {features.PROBABILITIES_OUTPUT: probabilities, features.GRADE_OUTPUT: grades,
                       features.EXPECTED_GRADE_OUTPUT: expected}
             if ood:
-                score = self.saturation(image_bytes) / OOD_SATURATION_LIMIT
+                score = chroma / OOD_SATURATION_LIMIT
                 result[features.OOD_SCORE_OUTPUT] = score
                 result[features.OOD_FLAG_OUTPUT] = score > 1.0
             return result
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.SERVING_INPUT)])
         def serve(self, image_bytes):
-            return self.outputs(self.decode(image_bytes), image_bytes)
+            return self.outputs(*self.decode(image_bytes))
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.EXAMPLES_INPUT)])
         def from_examples(self, examples):
             parsed = tf.io.parse_example(
                 examples, {features.IMAGE_KEY: tf.io.FixedLenFeature([], tf.string)})
-            return self.outputs(self.decode(parsed[features.IMAGE_KEY]), parsed[features.IMAGE_KEY])
+            return self.outputs(*self.decode(parsed[features.IMAGE_KEY]))
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.SERVING_INPUT)])
         def gradcam(self, image_bytes):
-            images = self.decode(image_bytes)
+            images, chroma = self.decode(image_bytes)
             with tf.GradientTape() as tape:
                 tape.watch(images)
-                result = self.outputs(images, image_bytes)
+                result = self.outputs(images, chroma)
                 chosen = tf.reduce_sum(
                     result[features.PROBABILITIES_OUTPUT]
                     * tf.one_hot(result[features.GRADE_OUTPUT], features.NUM_GRADES), axis=1)
@@ -261,7 +258,7 @@ def model_config_text(base_paths: dict) -> str:
 
 
 def main(argv=None) -> int:
-    """``python -m serving.example_model ROOT [--config-base-path=/models]``.
+    """``python tests/models/example_model.py ROOT [--config-base-path=/models]``.
 
     Writes the conformance models under ROOT and ``ROOT/models.config``;
     ``--config-base-path`` rewrites the paths in the config for a server that

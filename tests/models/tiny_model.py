@@ -4,28 +4,27 @@ Run as a script (``python tiny_model.py <model_base_path> [version ...]``) so th
 test process itself never imports TensorFlow: the web-app tests also check that
 the web process stays free of it.
 
-The model decodes the image bytes, shrinks them to 32x32 inside the graph (as the
-real model resizes inside its graph), runs one convolution and a dense softmax
+The model decodes and shrinks the image bytes to 32x32 with the product's own
+preprocessing (`preprocess_with_checks`, inside the graph), runs one convolution and a dense softmax
 layer with fixed seeded weights. ``gradcam`` computes a real Grad-CAM of the
 predicted grade over the convolution's output.
 
 Like the trained model, every signature also returns ``ood_score`` and
-``out_of_distribution`` (``ood_score > 1``). Here the score is the image's mean
-colour saturation (max minus min channel) over ``OOD_SATURATION_LIMIT``: gray
+``out_of_distribution`` (``ood_score > 1``). Here the score is the preprocessing's
+colour measure (mean max minus min channel) over ``OOD_SATURATION_LIMIT``: gray
 images score 0, strongly coloured ones (``webapp_images.colour_png``) are flagged.
 """
 
 import os
 import sys
 
-from components import features  # noqa: E402
-features.select_keras_2()  # before TensorFlow is imported
-
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if REPO not in sys.path:
     sys.path.insert(0, REPO)
 
 from components import features  # noqa: E402
+
+features.select_keras_2()  # a process entry point: before TensorFlow is imported
 
 SIZE = 32
 GRADE_CENTRES = [0.1, 0.3, 0.5, 0.7, 0.9]
@@ -35,6 +34,8 @@ OOD_SATURATION_LIMIT = 0.25
 
 def _build_module(seed: int):
     import tensorflow as tf
+
+    from components import preprocessing
 
     class TinyKneeModel(tf.Module):
         """Image bytes -> KL grade probabilities, expected grade and Grad-CAM."""
@@ -55,25 +56,11 @@ def _build_module(seed: int):
             self.dense_bias = tf.Variable(-20.0 * centres + jitter)
 
         def _images(self, image_bytes):
-            def decode(one):
-                image = tf.io.decode_image(one, channels=1, expand_animations=False)
-                image = tf.image.convert_image_dtype(image, tf.float32)
-                return tf.image.resize(image, [SIZE, SIZE])
-
-            return tf.map_fn(
-                decode, image_bytes, fn_output_signature=tf.TensorSpec([SIZE, SIZE, 1], tf.float32)
-            )
-
-        def _ood_scores(self, image_bytes):
-            def saturation(one):
-                image = tf.image.convert_image_dtype(
-                    tf.io.decode_image(one, channels=3, expand_animations=False), tf.float32
-                )
-                return tf.reduce_mean(tf.reduce_max(image, axis=-1) - tf.reduce_min(image, axis=-1))
-
-            return tf.map_fn(
-                saturation, image_bytes, fn_output_signature=tf.TensorSpec([], tf.float32)
-            ) / OOD_SATURATION_LIMIT
+            """The product's preprocessing without equalisation (it would erase the
+            brightness the grades are read from), and the OOD score from its colour
+            measure."""
+            images, _, chroma = preprocessing.preprocess_with_checks(image_bytes, SIZE, "none")
+            return images, chroma / OOD_SATURATION_LIMIT
 
         def _head(self, conv):
             pooled = tf.reduce_mean(conv, axis=[1, 2])
@@ -84,8 +71,7 @@ def _build_module(seed: int):
                 tf.nn.conv2d(images, self.kernel, strides=1, padding="SAME") + self.bias
             )
 
-        def _outputs(self, probabilities, image_bytes):
-            scores = self._ood_scores(image_bytes)
+        def _outputs(self, probabilities, scores):
             grades = tf.argmax(probabilities, axis=1, output_type=tf.int64)
             expected = tf.reduce_sum(probabilities * tf.range(5, dtype=tf.float32), axis=1)
             return {
@@ -98,11 +84,12 @@ def _build_module(seed: int):
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.SERVING_INPUT)])
         def serve(self, image_bytes):
-            return self._outputs(self._head(self._conv(self._images(image_bytes))), image_bytes)
+            images, scores = self._images(image_bytes)
+            return self._outputs(self._head(self._conv(images)), scores)
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.SERVING_INPUT)])
         def gradcam(self, image_bytes):
-            images = self._images(image_bytes)
+            images, scores = self._images(image_bytes)
             with tf.GradientTape() as tape:
                 conv = self._conv(images)
                 tape.watch(conv)
@@ -114,7 +101,7 @@ def _build_module(seed: int):
             cam = tf.nn.relu(tf.reduce_sum(weights * conv, axis=-1))
             peak = tf.reduce_max(cam, axis=[1, 2], keepdims=True)
             heat = tf.math.divide_no_nan(cam, peak)
-            outputs = self._outputs(probabilities, image_bytes)
+            outputs = self._outputs(probabilities, scores)
             outputs[features.HEATMAP_OUTPUT] = heat
             return outputs
 
