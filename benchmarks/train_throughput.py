@@ -4,12 +4,14 @@ Times bare Keras train steps (batch 32, random films, the project's `build_model
 each configuration in a fresh process, and prints images/s as ratios to the first
 configuration (the baseline) measured in the same run. A configuration is the backbone
 width (alpha), the image size, the Keras mixed-precision policy (`float32` or
-`mixed_bfloat16`) and the memory allocator the process runs with (`glibc`, or tcmalloc /
+`mixed_bfloat16`), the first trainable backbone layer (`finetune_from`: layers before it
+stay frozen, so the backward pass stops there) and the memory allocator the process runs with (`glibc`, or tcmalloc /
 jemalloc preloaded: TensorFlow frees and re-allocates its activation buffers every step,
 and glibc returns them to the kernel, so each step pays page faults for them again).
 
     python benchmarks/train_throughput.py --config 0.35,224,float32,glibc \\
-        --config 0.35,224,float32,tcmalloc --config 1.0,224,float32,tcmalloc
+        --config 0.35,224,float32,tcmalloc --config 0.35,224,float32,tcmalloc,27 \\
+        --config 1.0,224,float32,tcmalloc
 
 Writes build/benchmarks/train_throughput.json.
 """
@@ -34,7 +36,8 @@ ALLOCATORS = {
 }
 
 
-def _measure(alpha: float, size: int, precision: str, steps: int, batch: int) -> dict:
+def _measure(alpha: float, size: int, precision: str, finetune_from: int, steps: int,
+             batch: int) -> dict:
     """Runs in the child process: images/s of `steps` train steps after 3 warm-up steps."""
     from components import features
 
@@ -47,6 +50,8 @@ def _measure(alpha: float, size: int, precision: str, steps: int, batch: int) ->
 
     tf.keras.mixed_precision.set_global_policy(precision)
     model = build_model(ModelConfig(image_size=size, alpha=alpha, weights="none"))
+    for layer in model.get_layer("backbone").layers[:finetune_from]:
+        layer.trainable = False
     model.compile(tf.keras.optimizers.Adam(1e-4), "sparse_categorical_crossentropy")
     rng = np.random.default_rng(0)
     images = {features.TRANSFORMED_IMAGE_KEY: rng.random((batch, size, size, 1), np.float32)}
@@ -63,7 +68,8 @@ def _measure(alpha: float, size: int, precision: str, steps: int, batch: int) ->
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", action="append", default=[],
-                        help="alpha,size,precision,allocator; the first is the baseline")
+                        help="alpha,size,precision,allocator[,finetune_from]; the first is "
+                             "the baseline")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -71,8 +77,9 @@ def main(argv=None):
                                                       "train_throughput.json"))
     args = parser.parse_args(argv)
     if args.child:
-        alpha, size, precision = args.child.split(",")
-        result = _measure(float(alpha), int(size), precision, args.steps, args.batch)
+        alpha, size, precision, finetune_from = args.child.split(",")
+        result = _measure(float(alpha), int(size), precision, int(finetune_from), args.steps,
+                          args.batch)
         sys.stdout.write(json.dumps(result) + "\n")
         return 0
     if not args.config:
@@ -82,7 +89,8 @@ def main(argv=None):
 
     results = []
     for config in args.config:
-        alpha, size, precision, allocator = config.split(",")
+        alpha, size, precision, allocator, *rest = config.split(",")
+        finetune_from = int(rest[0]) if rest else 0
         if allocator not in ALLOCATORS:
             parser.error(f"allocator must be one of {sorted(ALLOCATORS)}, got {allocator!r}")
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
@@ -92,12 +100,12 @@ def main(argv=None):
             env["LD_PRELOAD"] = ALLOCATORS[allocator]
         logger.info("measuring %s (%d steps of %d)", config, args.steps, args.batch)
         child = subprocess.run(
-            [sys.executable, __file__, "--child", f"{alpha},{size},{precision}",
+            [sys.executable, __file__, "--child", f"{alpha},{size},{precision},{finetune_from}",
              "--steps", str(args.steps), "--batch", str(args.batch)],
             env=env, capture_output=True, text=True, check=True)
         measured = json.loads(child.stdout.strip().splitlines()[-1])
         result = {"alpha": float(alpha), "image_size": int(size), "precision": precision,
-                  "allocator": allocator, **measured}
+                  "allocator": allocator, "finetune_from": finetune_from, **measured}
         result["ratio_to_baseline"] = (result["images_per_second"]
                                        / (results or [result])[0]["images_per_second"])
         results.append(result)

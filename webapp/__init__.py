@@ -19,6 +19,18 @@ _CSP = (
 )
 
 
+def _no_store(response):
+    """Pages and API answers for a signed-in user carry patient images and grades: no
+    browser or proxy may keep a copy (static files are the same for everyone)."""
+    from flask import g, request
+    from flask_login import current_user
+
+    if request.endpoint != "static" and (
+            getattr(g, "api_user", None) is not None or current_user.is_authenticated):
+        response.headers.setdefault("Cache-Control", "private, no-store")
+    return response
+
+
 def _security_headers(response):
     response.headers.setdefault("Content-Security-Policy", _CSP)
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -65,9 +77,12 @@ def create_app(config: Optional[Mapping[str, object]] = None) -> Flask:
         history,
         model_card_views,
         predict,
+        row_ids,
         serving_gateway,
     )
 
+    # Before any route is added: `<id:...>` in the blueprints' rules needs it.
+    app.url_map.converters["id"] = row_ids.RowIdConverter
     db.init_app(app)
     serving_gateway.init_app(app)
     auth.init_app(app)
@@ -86,6 +101,7 @@ def create_app(config: Optional[Mapping[str, object]] = None) -> Flask:
     ):
         app.register_blueprint(blueprint)
     app.after_request(_security_headers)
+    app.after_request(_no_store)
 
     @app.route("/healthz")
     def healthz():

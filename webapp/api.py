@@ -121,7 +121,7 @@ def list_predictions():
     )
 
 
-@bp.route("/predictions/<int:prediction_id>", methods=("GET",))
+@bp.route("/predictions/<id:prediction_id>", methods=("GET",))
 @token_required
 def get_prediction(prediction_id: int):
     """One prediction.

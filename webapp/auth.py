@@ -55,8 +55,10 @@ def admin_required(view):
 
 
 def _safe_next(target: str) -> str:
-    """Only same-site relative paths are followed after sign-in (no open redirect)."""
-    if target:
+    """Only same-site relative paths are followed after sign-in (no open redirect, no
+    header injection): no scheme or host, no backslash (browsers read "/\\host" as
+    "//host"), no control characters."""
+    if target and target.isprintable() and "\\" not in target:
         parts = urlsplit(target)
         if not parts.scheme and not parts.netloc and target.startswith("/") and not target.startswith("//"):
             return target

@@ -126,7 +126,7 @@ def _has_heatmap(session, prediction) -> bool:
     )
 
 
-@bp.route("/predictions/<int:prediction_id>")
+@bp.route("/predictions/<id:prediction_id>")
 @login_required
 def result(prediction_id: int):
     """One prediction's result page (or its failure and a retry button).
@@ -144,7 +144,7 @@ def result(prediction_id: int):
     )
 
 
-@bp.route("/predictions/<int:prediction_id>/report")
+@bp.route("/predictions/<id:prediction_id>/report")
 @login_required
 def report(prediction_id: int):
     """A printable one-page report of one study.
@@ -170,7 +170,7 @@ def _png(data: bytes) -> Response:
     return response
 
 
-@bp.route("/predictions/<int:prediction_id>/image.png")
+@bp.route("/predictions/<id:prediction_id>/image.png")
 @login_required
 def image(prediction_id: int):
     """The radiograph exactly as sent to the model.
@@ -182,7 +182,7 @@ def image(prediction_id: int):
     return _png(prediction.image.image_png)
 
 
-@bp.route("/predictions/<int:prediction_id>/heatmap.png")
+@bp.route("/predictions/<id:prediction_id>/heatmap.png")
 @login_required
 def heatmap(prediction_id: int):
     """The Grad-CAM overlay.
@@ -196,7 +196,7 @@ def heatmap(prediction_id: int):
     return _png(prediction.image.heatmap_png)
 
 
-@bp.route("/predictions/<int:prediction_id>/thumbnail.png")
+@bp.route("/predictions/<id:prediction_id>/thumbnail.png")
 @login_required
 def thumbnail(prediction_id: int):
     """The small preview shown in history.
@@ -208,7 +208,7 @@ def thumbnail(prediction_id: int):
     return _png(prediction.thumbnail_png)
 
 
-@bp.route("/predictions/<int:prediction_id>/retry", methods=("POST",))
+@bp.route("/predictions/<id:prediction_id>/retry", methods=("POST",))
 @login_required
 def retry(prediction_id: int):
     """Sends a failed upload to the model server again.

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 from werkzeug.exceptions import Forbidden, NotFound
 
 from webapp.models import STATUSES, Prediction, User
+from webapp.row_ids import ascii_int, parse_row_id
 
 
 class SearchError(ValueError):
@@ -58,7 +59,7 @@ def parse_filter(args) -> HistoryFilter:
     grade_raw = (args.get("grade") or "").strip()
     grade = None
     if grade_raw:
-        if not grade_raw.isdigit() or not 0 <= int(grade_raw) <= 4:
+        if ascii_int(grade_raw) is None or not 0 <= int(grade_raw) <= 4:
             raise SearchError(f"'grade' must be 0 to 4, got {grade_raw!r}")
         grade = int(grade_raw)
     status = (args.get("status") or "").strip() or None
@@ -92,8 +93,9 @@ def history_query(user: User, flt: HistoryFilter) -> sa.Select:
         conditions = [
             Prediction.original_filename.ilike(f"%{_escape_like(flt.text)}%", escape="\\")
         ]
-        if flt.text.lstrip("#").isdigit():
-            conditions.append(Prediction.id == int(flt.text.lstrip("#")))
+        row_id = parse_row_id(flt.text.lstrip("#"))
+        if row_id is not None:
+            conditions.append(Prediction.id == row_id)
         query = query.where(sa.or_(*conditions))
     if flt.grade is not None:
         # A flagged image's grade is not a result, so it never matches a grade filter.
@@ -140,6 +142,10 @@ def paginate(session: Session, query: sa.Select, page: int, per_page: int) -> Pa
     return Page(items=items, page=page, per_page=per_page, total=total)
 
 
+# Pages beyond this hold nothing anyone will read; the limit keeps the offset in 64 bits.
+MAX_PAGE = 10**9
+
+
 def page_number(args, key: str = "page") -> int:
     """Parses a page number argument.
 
@@ -147,9 +153,12 @@ def page_number(args, key: str = "page") -> int:
         SearchError: if it is not a positive integer.
     """
     raw = (args.get(key) or "1").strip()
-    if not raw.isdigit() or int(raw) < 1:
+    value = ascii_int(raw)
+    if value is None or value < 1:
         raise SearchError(f"'{key}' must be a positive integer, got {raw!r}")
-    return int(raw)
+    if value > MAX_PAGE:
+        raise SearchError(f"'{key}' must be at most {MAX_PAGE}, got {raw!r}")
+    return value
 
 
 def get_visible_prediction(session: Session, user: User, prediction_id: int) -> Prediction:

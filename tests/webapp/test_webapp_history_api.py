@@ -273,3 +273,49 @@ def test_dates_are_stored_in_utc(client, auth, app):
     with app.app_context():
         stored = db.get_session().scalar(sa.select(Prediction))
     assert before - dt.timedelta(seconds=1) <= stored.created_at <= before + dt.timedelta(minutes=1)
+
+
+HUGE = str(2**64 + 5)
+
+
+def test_numbers_beyond_64_bits_or_not_ascii_are_never_a_server_error(client, auth, graded):
+    token = _make_token(client, auth)
+    headers = {"Authorization": f"Bearer {token}"}
+    auth.login()
+    for path in (f"/predictions/{HUGE}", f"/predictions/{HUGE}/report",
+                 f"/predictions/{HUGE}/image.png", f"/predictions/{2**63}"):
+        assert client.get(path).status_code == 404, path
+    assert client.get(f"/api/v1/predictions/{HUGE}", headers=headers).status_code == 404
+    for query in (f"page={HUGE}", "page=²", "grade=²", f"page={10**9 + 1}"):
+        assert client.get(f"/history?{query}").status_code == 400, query
+        assert client.get(f"/api/v1/predictions?{query}", headers=headers).status_code == 400
+    assert client.get(f"/api/v1/predictions?per_page={HUGE}", headers=headers).status_code == 400
+    # A text search for an id that cannot exist finds nothing.
+    found = client.get(f"/history?q=%23{HUGE}")
+    assert found.status_code == 200 and _ids(found) == []
+
+
+@pytest.mark.parametrize("target", ["/history\r\nSet-Cookie: x=1", "/\\evil.example",
+                                    "/history\x00", "//evil.example/"])
+def test_sign_in_ignores_unsafe_next_targets(client, target):
+    from webapp_testlib import csrf_token as token_of
+
+    response = client.post("/auth/login", query_string={"next": target}, data={
+        "username": CLINICIAN[0], "password": CLINICIAN[1], "csrf_token": token_of(client)})
+    assert response.status_code == 302
+    assert response.headers["Location"] in ("/", "http://localhost/")
+
+
+def test_pages_and_answers_with_patient_data_are_not_stored(client, auth, graded, app):
+    token = _make_token(client, auth)
+    auth.login()
+    with app.app_context():
+        prediction_id = db.get_session().scalars(sa.select(Prediction.id)).first()
+    for path in (f"/predictions/{prediction_id}", f"/predictions/{prediction_id}/report",
+                 "/history", "/history.csv"):
+        response = client.get(path)
+        assert response.status_code == 200, path
+        assert "no-store" in response.headers["Cache-Control"], path
+    api = client.get("/api/v1/predictions", headers={"Authorization": f"Bearer {token}"})
+    assert "no-store" in api.headers["Cache-Control"]
+    assert "no-store" not in client.get("/static/style.css").headers.get("Cache-Control", "")
