@@ -15,6 +15,7 @@ import urllib.request
 
 import pytest
 
+import webapp_images as wi
 from koa.processes import ChildProcess, free_port
 from webapp_testlib import REPO
 
@@ -234,6 +235,18 @@ def test_browser_login_upload_and_read_grade(live_server, tmp_path, direct_clien
             page.goto(url + "/history")
             assert page.locator("[data-testid=history] tbody tr[data-status=done]").count() >= 2
             page.screenshot(path=os.path.join(shots, "07_history.png"), full_page=True)
+
+            # A picture the model flags is listed as not graded, with the reason.
+            colour = tmp_path / "colour.png"
+            colour.write_bytes(wi.colour_png())
+            page.goto(url + "/")
+            page.set_input_files("#files", [str(colour)])
+            page.click("#upload-submit")
+            flagged = page.locator("#queue-list li.failed")
+            flagged.first.wait_for(timeout=60_000)
+            text = flagged.first.inner_text()
+            assert "not graded" in text and "undefined" not in text and "NaN" not in text
+            page.screenshot(path=os.path.join(shots, "08_upload_not_graded.png"), full_page=True)
         finally:
             browser.close()
     # No script errors and no Content-Security-Policy violations on any page.

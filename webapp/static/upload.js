@@ -74,7 +74,11 @@
         item.bar.value = 100;
         var body = null;
         try { body = JSON.parse(xhr.responseText); } catch (err) { body = null; }
-        if (xhr.status === 201 && body) {
+        if (xhr.status === 201 && body && body.graded === false) {
+          // Stored, but the model flagged the image: there is no grade to show.
+          finish(item, false, link(body.result_url, "not graded: " +
+            (body.not_graded_reason || "the model cannot grade this image")));
+        } else if (xhr.status === 201 && body) {
           var text = "grade " + body.grade + " " + body.grade_name +
             " (" + Math.round(body.confidence * 100) + "%)";
           finish(item, true, link(body.result_url, text));
