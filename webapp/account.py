@@ -42,7 +42,7 @@ def api_tokens():
     )
 
 
-@bp.route("/tokens/<int:token_id>/revoke", methods=("POST",))
+@bp.route("/tokens/<id:token_id>/revoke", methods=("POST",))
 @login_required
 def revoke_token(token_id: int):
     """Revokes one of the user's tokens.

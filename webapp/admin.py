@@ -6,6 +6,7 @@ import sqlalchemy as sa
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 
+from webapp import sessions
 from webapp.auth import admin_required
 from webapp.db import get_session
 from webapp.forms import ConfirmForm, UserForm
@@ -43,7 +44,7 @@ def users():
     )
 
 
-@bp.route("/users/<int:user_id>/toggle", methods=("POST",))
+@bp.route("/users/<id:user_id>/toggle", methods=("POST",))
 @admin_required
 def toggle_user(user_id: int):
     """Enables or disables an account (an admin cannot disable themself).
@@ -60,6 +61,8 @@ def toggle_user(user_id: int):
     if user.id == current_user.id:
         abort(409, description="You cannot disable your own account.")
     user.active = not user.active
+    if not user.active:
+        sessions.revoke_all(session, user.id)
     session.commit()
     logger.info("admin %s set user %s active=%s", current_user.id, user.id, user.active)
     flash(f"User {user.username} {'enabled' if user.active else 'disabled'}.", "info")

@@ -2,12 +2,14 @@
 
 import functools
 import logging
+import secrets
 from urllib.parse import urlsplit
 
 from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, url_for
 from flask_login import LoginManager, current_user, login_required, login_user, logout_user
+from werkzeug.security import check_password_hash, generate_password_hash
 
-from webapp import login_throttle
+from webapp import login_throttle, sessions
 from webapp.db import get_session
 from webapp.forms import LoginForm, PasswordForm
 from webapp.models import User
@@ -28,12 +30,8 @@ def init_app(app) -> None:
     manager.init_app(app)
 
 
-def _load_user(user_id: str):
-    try:
-        user = get_session().get(User, int(user_id))
-    except ValueError:
-        return None
-    return user if user is not None and user.is_active else None
+def _load_user(session_id: str):
+    return sessions.load(get_session(), session_id)
 
 
 def admin_required(view):
@@ -52,6 +50,12 @@ def admin_required(view):
         return view(*args, **kwargs)
 
     return wrapped
+
+
+@functools.lru_cache(maxsize=1)
+def _decoy_hash() -> str:
+    """A hash of a random password, made with the same method as the accounts' hashes."""
+    return generate_password_hash(secrets.token_urlsafe(16))
 
 
 def _safe_next(target: str) -> str:
@@ -90,9 +94,14 @@ def login():
                 description=f"Too many failed sign-in attempts. Try again in {minutes} minute(s).",
             )
         user = session.query(User).filter_by(username=username).one_or_none()
-        ok = user is not None and user.is_active and user.check_password(form.password.data)
+        # The password is hashed for unknown accounts too, so the answer takes as long
+        # for them as for real ones (no account enumeration by timing).
+        password_ok = (user.check_password(form.password.data) if user is not None
+                       else check_password_hash(_decoy_hash(), form.password.data))
+        ok = user is not None and user.is_active and password_ok
         login_throttle.record_attempt(session, username, address, ok)
         if ok:
+            sessions.start(session, user)
             login_user(user)
             logger.info("user %s signed in", user.id)
             return redirect(_safe_next(request.args.get("next", "")))
@@ -107,7 +116,9 @@ def login():
 @bp.route("/logout", methods=("POST",))
 @login_required
 def logout():
-    """Signs the user out (POST with CSRF token, so a link cannot do it)."""
+    """Signs the user out (POST with CSRF token, so a link cannot do it); the sign-in is
+    revoked server-side, so a copy of the cookie stops working too."""
+    sessions.revoke(get_session(), current_user)
     logout_user()
     flash("Signed out.", "info")
     return redirect(url_for("auth.login"))
@@ -124,6 +135,8 @@ def change_password():
         user = session.get(User, current_user.id)
         if user.check_password(form.current.data):
             user.set_password(form.new.data)
+            # Whoever else holds a session of this account is signed out.
+            sessions.revoke_all(session, user.id, keep=current_user.session_token)
             session.commit()
             flash("Password changed.", "info")
             return redirect(url_for("predict.upload"))

@@ -46,6 +46,9 @@ class User(Base):
 
     tokens: Mapped[List["ApiToken"]] = relationship(back_populates="user")
 
+    # The sign-in this object was loaded for (webapp/sessions.py); not a column.
+    session_token = None  # type: Optional[str]
+
     # Flask-Login's user protocol.
     @property
     def is_active(self) -> bool:
@@ -60,7 +63,8 @@ class User(Base):
         return False
 
     def get_id(self) -> str:
-        return str(self.id)
+        # "<id>:<token>" ties the browser's session to one revocable sign-in.
+        return f"{self.id}:{self.session_token}" if self.session_token else str(self.id)
 
     @property
     def is_admin(self) -> bool:
@@ -78,6 +82,21 @@ class User(Base):
 
     def check_password(self, password: str) -> bool:
         return check_password_hash(self.password_hash, password)
+
+
+class UserSession(Base):
+    """One sign-in: the browser's session holds a random token, this row its SHA-256.
+    A revoked row ends the sign-in wherever its cookie is (webapp/sessions.py)."""
+
+    __tablename__ = "user_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    created_at: Mapped[dt.datetime] = mapped_column(sa.DateTime, default=utcnow)
+    revoked_at: Mapped[Optional[dt.datetime]] = mapped_column(sa.DateTime, nullable=True)
+
+    user: Mapped[User] = relationship()
 
 
 class ApiToken(Base):

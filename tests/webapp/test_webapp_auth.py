@@ -207,3 +207,71 @@ def test_config_comes_from_the_environment(tmp_path):
     assert defaults["SECRET_KEY"] is None
     with pytest.raises(config_module.SettingsError, match="KOA_SERVING_TIMEOUT"):
         config_module.from_environment(str(tmp_path), {"KOA_SERVING_TIMEOUT": "soon"})
+
+
+def test_unknown_and_disabled_accounts_cost_a_password_hash_like_real_ones(
+        client, app, monkeypatch):
+    """Sign-in time must not tell which usernames exist: every attempt hashes the
+    password once, whatever the account."""
+    from webapp import auth as auth_module
+    from webapp import models
+
+    calls = []
+    real = auth_module.check_password_hash
+    counting = lambda stored, password: calls.append(1) or real(stored, password)  # noqa: E731
+    monkeypatch.setattr(auth_module, "check_password_hash", counting)
+    monkeypatch.setattr(models, "check_password_hash", counting)
+    for username, password in (("nobody-here", "whatever-password"),
+                               (CLINICIAN[0], "wrong-password-1")):
+        calls.clear()
+        response = client.post("/auth/login", data={
+            "username": username, "password": password, "csrf_token": csrf_token(client)})
+        assert response.status_code == 401
+        assert len(calls) == 1, username
+
+
+def _copy_session(source, target):
+    """What an attacker with the cookie does: replay it from another client."""
+    cookie = source.get_cookie("koa_session")
+    target.set_cookie("koa_session", cookie.value, domain=cookie.domain or "localhost")
+
+
+def _sign_in(client, user=CLINICIAN):
+    response = client.post("/auth/login", data={
+        "username": user[0], "password": user[1], "csrf_token": csrf_token(client)})
+    assert response.status_code == 302
+
+
+def test_signing_out_ends_the_session_for_a_copied_cookie_too(app):
+    browser, thief = app.test_client(), app.test_client()
+    _sign_in(browser)
+    _copy_session(browser, thief)
+    assert thief.get("/history").status_code == 200
+    browser.post("/auth/logout", data={"csrf_token": csrf_token(browser, "/")})
+    assert browser.get("/history").status_code == 302
+    assert thief.get("/history").status_code == 302
+
+
+def test_a_password_change_signs_out_the_accounts_other_sessions(app):
+    laptop, phone = app.test_client(), app.test_client()
+    _sign_in(laptop)
+    _sign_in(phone)
+    response = laptop.post("/auth/password", data={
+        "current": CLINICIAN[1], "new": "a-new-password-42", "repeat": "a-new-password-42",
+        "csrf_token": csrf_token(laptop, "/auth/password")})
+    assert response.status_code == 302
+    assert laptop.get("/history").status_code == 200
+    assert phone.get("/history").status_code == 302
+
+
+def test_disabling_an_account_ends_its_sessions(app):
+    clinician, admin = app.test_client(), app.test_client()
+    _sign_in(clinician)
+    _sign_in(admin, ADMIN)
+    assert clinician.get("/history").status_code == 200
+    with app.app_context():
+        user_id = db.get_session().scalar(sa.select(User.id).where(User.username == CLINICIAN[0]))
+    response = admin.post(f"/admin/users/{user_id}/toggle",
+                          data={"csrf_token": csrf_token(admin, "/admin/users")})
+    assert response.status_code == 303
+    assert clinician.get("/history").status_code == 302
