@@ -224,8 +224,11 @@ def test_browser_login_upload_and_read_grade(live_server, tmp_path, direct_clien
 
             page.click("text=Printable report")
             page.wait_for_selector(".report")
+            assert page.locator("img.report-overlay").is_visible()
             page.emulate_media(media="print")
             assert not page.locator("header.site-header").is_visible()
+            # The report's heatmap figure shows the overlay on paper too.
+            assert page.locator("img.report-overlay").is_visible()
             page.screenshot(path=os.path.join(shots, "05_report_print.png"), full_page=True)
             page.emulate_media(media="screen")
 
