@@ -186,7 +186,11 @@ def test_server_down_gives_503_keeps_upload_and_retry_succeeds(make_app, serving
     assert "retried" in response.get_data(as_text=True)
     (failed,) = _predictions(app)
     assert failed.status == "failed" and failed.grade is None
-    assert "ModelUnavailableError" in failed.error
+    assert "ModelUnavailableError" in failed.error  # kept for the log and the API
+    for page in (response.get_data(as_text=True),
+                 client.get(f"/predictions/{failed.id}").get_data(as_text=True)):
+        assert "ModelUnavailableError" not in page and "StatusCode" not in page
+    assert "did not answer" in client.get(f"/predictions/{failed.id}").get_data(as_text=True)
     with app.app_context():
         assert db.get_session().get(PredictionImage, failed.id).image_png == image
 
