@@ -6,6 +6,7 @@ model server, then write the prediction and its images in one transaction —
 as ``done``, or as ``failed`` with the image kept so it can be retried.
 """
 
+import hashlib
 import logging
 
 from flask import current_app
@@ -30,6 +31,15 @@ MAX_FILENAME_LENGTH = 255
 
 class ModelRejectedImageError(ValueError):
     """The model server refused the image as invalid input (a client error, 400)."""
+
+
+def stored_name(filename: str, source_format: str, data: bytes) -> str:
+    """What is recorded as an upload's name: with KOA_KEEP_FILE_NAMES the file's base name,
+    otherwise (the default) its format and the start of its SHA-256, e.g.
+    ``dicom-3fa2c1b0d9`` — PACS exports name files after the patient."""
+    if current_app.config.get("KOA_KEEP_FILE_NAMES"):
+        return display_filename(filename)
+    return f"{source_format}-{hashlib.sha256(data).hexdigest()[:10]}"
 
 
 def display_filename(filename: str) -> str:
@@ -116,7 +126,7 @@ def grade_upload(
         updated_at=now,
         status=STATUS_FAILED,
         attempts=1,
-        original_filename=display_filename(filename),
+        original_filename=stored_name(filename, prepared.source_format, data),
         source_format=prepared.source_format,
         image_width=prepared.width,
         image_height=prepared.height,

@@ -20,6 +20,8 @@ ENV_MAX_IMAGE_PIXELS = "KOA_MAX_IMAGE_PIXELS"
 ENV_INSECURE_COOKIES = "KOA_INSECURE_COOKIES"
 ENV_LOGIN_MAX_FAILURES = "KOA_LOGIN_MAX_FAILURES"
 ENV_LOGIN_WINDOW_SECONDS = "KOA_LOGIN_WINDOW_SECONDS"
+# Upload file names often carry the patient's name or ID (PACS exports): kept only on request.
+ENV_KEEP_FILE_NAMES = "KOA_KEEP_FILE_NAMES"
 
 DEFAULT_SERVING_TARGET = "localhost:8500"
 DEFAULT_MODEL_NAME = "koa"
@@ -85,6 +87,7 @@ def from_environment(instance_path: str, env: Optional[Mapping[str, str]] = None
         ),
         "MAX_CONTENT_LENGTH": int(max_upload_mb * 1024 * 1024),
         "KOA_MAX_IMAGE_PIXELS": _number(env, ENV_MAX_IMAGE_PIXELS, DEFAULT_MAX_IMAGE_PIXELS, int),
+        "KOA_KEEP_FILE_NAMES": _truthy(env.get(ENV_KEEP_FILE_NAMES)),
         "KOA_LOGIN_MAX_FAILURES": _number(
             env, ENV_LOGIN_MAX_FAILURES, DEFAULT_LOGIN_MAX_FAILURES, int
         ),

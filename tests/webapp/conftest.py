@@ -108,6 +108,9 @@ def make_app(tmp_path, serving_target, model_base_path):
             "KOA_MODEL_BASE_PATH": model_base_path,
             "KOA_SERVING_TIMEOUT": 20.0,
             "KOA_SERVING_RETRIES": 0,
+            # The tests read file names back; the product's default does not keep them
+            # (test_webapp_predict checks that default).
+            "KOA_KEEP_FILE_NAMES": True,
         }
         config.update(overrides)
         app = create_app(config)

@@ -300,3 +300,27 @@ def test_dicom_upload_never_stores_logs_or_shows_patient_data(client, auth, app,
         assert secret.encode() not in blobs
     (stored,) = _predictions(app)
     assert stored.source_format == "dicom" and stored.status == "done"
+
+
+def test_file_names_are_not_kept_unless_asked(make_app):
+    """A PACS export named after the patient leaves no trace of the name by default: the
+    format and a short content hash are stored instead."""
+    import hashlib
+
+    from webapp import settings
+
+    assert settings.from_environment("/tmp", env={})["KOA_KEEP_FILE_NAMES"] is False
+    app = make_app(KOA_KEEP_FILE_NAMES=False)
+    client = app.test_client()
+    _sign_in(client)
+    image = wi.png_of_grade(1)
+    response = upload(client, [("SMITH_JOHN_1234567.png", image)], json_response=True)
+    assert response.status_code == 201
+    stored = f"png-{hashlib.sha256(image).hexdigest()[:10]}"
+    assert response.get_json()["file"] == stored
+    (prediction,) = _predictions(app)
+    assert prediction.original_filename == stored
+    for path in ("/history", "/history.csv", f"/predictions/{prediction.id}",
+                 f"/predictions/{prediction.id}/report"):
+        page = client.get(path).get_data(as_text=True)
+        assert "SMITH" not in page and "1234567" not in page, path
