@@ -131,15 +131,19 @@ def _check_replaceable(out: Path) -> None:
         raise SyntheticError(f"{out} exists and is not a folder")
     if not any(out.iterdir()):
         return
-    readme = out / README_NAME
-    first_line = ""
-    if readme.is_file():
-        with readme.open(encoding="utf-8", errors="replace") as handle:
-            first_line = handle.readline().strip()
-    if first_line != MARKER:
+    if not is_synthetic_set(out):
         raise SyntheticError(
             f"refusing to overwrite {out}: it is not empty and has no {README_NAME} "
             "from a previous synthetic set (choose an empty or new folder)")
+
+
+def is_synthetic_set(folder: str | os.PathLike) -> bool:
+    """Whether `folder` is a set this module wrote (its README starts with MARKER)."""
+    readme = Path(folder) / README_NAME
+    if not readme.is_file():
+        return False
+    with readme.open(encoding="utf-8", errors="replace") as handle:
+        return handle.readline().strip() == MARKER
 
 
 def _patient_grades(rng: np.random.Generator, patients: int) -> list[tuple[int, int]]:

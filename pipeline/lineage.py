@@ -8,6 +8,8 @@ from typing import Dict, Optional
 
 import yaml
 
+from components import synthetic
+
 logger = logging.getLogger(__name__)
 
 
@@ -54,4 +56,6 @@ def collect(project_dir: str, examples_dir: str, data_source: str,
         "data_hash": ingest_data_hash(examples_dir),
         # Only meaningful when the run used the directory data.dvc tracks.
         "dvc_data_md5": dvc_data_md5(dvc_file) if uses_tracked else None,
+        # The web app tells clinicians in plain words when a model never saw a radiograph.
+        "synthetic": synthetic.is_synthetic_set(data_source),
     }

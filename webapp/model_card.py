@@ -91,6 +91,12 @@ def load_model_card(model_base_path: Optional[str], version: int) -> Optional[di
     return card
 
 
+def trained_on_synthetic(card: Optional[dict]) -> bool:
+    """Whether the card says the model was trained on the synthetic phantoms (lineage
+    ``synthetic``, written by the pipeline); False when unknown."""
+    return bool(card) and (card.get("lineage") or {}).get("synthetic") is True
+
+
 def data_version(card: Optional[dict]) -> Optional[str]:
     """The DVC data hash the model was trained on (what history records as data version)."""
     if not card:

@@ -4,6 +4,7 @@ import sqlalchemy as sa
 from flask import (
     Blueprint,
     Response,
+    current_app,
     jsonify,
     redirect,
     render_template,
@@ -13,7 +14,7 @@ from flask import (
 from flask_login import current_user, login_required
 
 from components.features import GRADE_NAMES
-from webapp import grading
+from webapp import grading, model_card
 from webapp.db import get_session
 from webapp.errors import error_response, wants_json
 from webapp.forms import ConfirmForm, UploadForm
@@ -141,7 +142,20 @@ def result(prediction_id: int):
         prediction=prediction,
         has_heatmap=_has_heatmap(session, prediction),
         retry_form=ConfirmForm(),
+        synthetic_model=_synthetic_model(prediction),
     )
+
+
+def _synthetic_model(prediction) -> bool:
+    """Whether the model that graded `prediction` was trained on synthetic phantoms."""
+    if prediction.model_version is None:
+        return False
+    try:
+        card = model_card.load_model_card(current_app.config.get("KOA_MODEL_BASE_PATH"),
+                                          prediction.model_version)
+    except model_card.ModelCardError:
+        return False
+    return model_card.trained_on_synthetic(card)
 
 
 @bp.route("/predictions/<id:prediction_id>/report")
@@ -160,6 +174,7 @@ def report(prediction_id: int):
         prediction=prediction,
         has_heatmap=_has_heatmap(get_session(), prediction),
         now_utc=utcnow().strftime("%Y-%m-%d %H:%M UTC"),
+        synthetic_model=_synthetic_model(prediction),
     )
 
 

@@ -85,6 +85,8 @@ def test_an_upload_is_graded_by_the_pushed_pipeline_model(
                                                   abs=1e-5)
     page = client.get(body["result_url"]).get_data(as_text=True)
     assert features.GRADE_NAMES[expected[features.GRADE_OUTPUT]] in page
+    # The pipeline recorded that it trained on the synthetic phantoms; the page says so.
+    assert 'data-testid="synthetic-warning"' in page
     heat = client.get(f"/predictions/{body['id']}/heatmap.png")
     assert heat.status_code == 200
     overlay = np.asarray(Image.open(io.BytesIO(heat.data)))

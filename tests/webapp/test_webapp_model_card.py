@@ -7,8 +7,10 @@ import re
 
 import pytest
 
+import webapp_images as wi
+from components import features
 from koa.processes import free_port
-from webapp_testlib import CARD_FIXTURE, AuthActions
+from webapp_testlib import CARD_FIXTURE, AuthActions, upload
 from webapp import charts, model_card
 
 CELL_RE = re.compile(r'data-row="(\d)" data-col="(\d)">(\d+)<')
@@ -140,3 +142,29 @@ def test_line_chart_geometry():
     assert tick_values[0] <= 0.25 and tick_values[-1] >= 1.2
     assert charts.line_chart({}) is None
     assert charts.line_chart({"loss": [math.inf]}) is None
+
+
+def test_a_model_trained_on_synthetic_phantoms_says_so_everywhere(make_app, tmp_path):
+    with open(CARD_FIXTURE, encoding="utf-8") as f:
+        card = json.load(f)
+    card["lineage"]["synthetic"] = True
+    path = features.model_card_path(str(tmp_path / "1"))
+    os.makedirs(os.path.dirname(path))
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(card, f)
+    app = make_app(KOA_MODEL_BASE_PATH=str(tmp_path))
+    client = app.test_client()
+    AuthActions(client).login()
+    body = upload(client, [("k.png", wi.png_of_grade(2))], json_response=True).get_json()
+    for page in (body["result_url"], body["result_url"] + "/report", "/model"):
+        html = client.get(page).get_data(as_text=True)
+        assert 'data-testid="synthetic-warning"' in html, page
+        assert "synthetic knee phantoms" in html
+    assert "held-out synthetic phantoms" in client.get("/model").get_data(as_text=True)
+
+
+def test_a_model_trained_on_radiographs_carries_no_synthetic_warning(client, auth):
+    auth.login()
+    body = upload(client, [("k.png", wi.png_of_grade(2))], json_response=True).get_json()
+    for page in (body["result_url"], body["result_url"] + "/report", "/model"):
+        assert "synthetic-warning" not in client.get(page).get_data(as_text=True)
