@@ -200,7 +200,7 @@ def test_browser_login_upload_and_read_grade(live_server, tmp_path, direct_clien
             assert page.locator("#queue-list li.failed").count() == 0
             page.locator("#queue-list li.done a").first.click()
             page.wait_for_selector("[data-testid=grade]")
-            page.screenshot(path=os.path.join(shots, "03_result_overlay.png"), full_page=True)
+            page.screenshot(path=os.path.join(shots, "03_result.png"), full_page=True)
 
             grade = int(page.get_attribute("[data-testid=grade]", "data-grade"))
             rows = page.locator("[data-testid=probabilities] tbody tr")
@@ -213,14 +213,22 @@ def test_browser_login_upload_and_read_grade(live_server, tmp_path, direct_clien
             assert visible_percent == [f"{p * 100:.1f}%" for p in expected.probabilities]
             assert page.locator("[data-testid=grade-name]").inner_text() == expected.grade_name
 
-            # The Grad-CAM overlay toggles off and on.
+            # The Grad-CAM overlay is off until asked for; then the plain film stays beside
+            # it (wide screen), with an opacity control and the colour scale.
             overlay = page.locator("img.overlay")
-            assert overlay.is_visible()
-            page.click("label[for=toggle-heatmap]")
             assert not overlay.is_visible()
+            assert not page.locator(".colour-bar").is_visible()
             page.screenshot(path=os.path.join(shots, "04_result_plain.png"), full_page=True)
             page.click("label[for=toggle-heatmap]")
             assert overlay.is_visible()
+            assert page.locator(".viewer-pair .plain-film img").is_visible()
+            assert page.locator(".colour-bar").is_visible()
+            page.fill("#heatmap-opacity", "30")
+            assert overlay.evaluate("img => img.style.opacity") == "0.3"
+            page.screenshot(path=os.path.join(shots, "04b_result_overlay.png"), full_page=True)
+            page.click("label[for=toggle-heatmap]")
+            assert not overlay.is_visible()
+            page.click("label[for=toggle-heatmap]")
 
             page.click("text=Printable report")
             page.wait_for_selector(".report")
