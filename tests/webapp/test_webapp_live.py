@@ -218,6 +218,7 @@ def test_browser_login_upload_and_read_grade(live_server, tmp_path, direct_clien
             overlay = page.locator("img.overlay")
             assert not overlay.is_visible()
             assert not page.locator(".colour-bar").is_visible()
+            assert not page.locator("#heatmap-opacity").is_visible()
             page.screenshot(path=os.path.join(shots, "04_result_plain.png"), full_page=True)
             page.click("label[for=toggle-heatmap]")
             assert overlay.is_visible()
@@ -246,6 +247,18 @@ def test_browser_login_upload_and_read_grade(live_server, tmp_path, direct_clien
             page.goto(url + "/history")
             assert page.locator("[data-testid=history] tbody tr[data-status=done]").count() >= 2
             page.screenshot(path=os.path.join(shots, "07_history.png"), full_page=True)
+
+            # A phone's width: no page scrolls sideways.
+            page.set_viewport_size({"width": 390, "height": 844})
+            for name, path in (("result", "/predictions/1"), ("report", "/predictions/1/report"),
+                               ("history", "/history"), ("model", "/model"),
+                               ("tokens", "/account/tokens"), ("upload", "/")):
+                page.goto(url + path)
+                overflow = page.evaluate(
+                    "() => document.documentElement.scrollWidth - window.innerWidth")
+                page.screenshot(path=os.path.join(shots, f"09_{name}_390px.png"), full_page=True)
+                assert overflow <= 0, f"{path} scrolls sideways by {overflow}px at 390 px"
+            page.set_viewport_size({"width": 1200, "height": 900})
 
             # A picture the model flags is listed as not graded, with the reason.
             colour = tmp_path / "colour.png"

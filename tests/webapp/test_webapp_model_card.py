@@ -168,3 +168,11 @@ def test_a_model_trained_on_radiographs_carries_no_synthetic_warning(client, aut
     body = upload(client, [("k.png", wi.png_of_grade(2))], json_response=True).get_json()
     for page in (body["result_url"], body["result_url"] + "/report", "/model"):
         assert "synthetic-warning" not in client.get(page).get_data(as_text=True)
+
+
+def test_confusion_matrix_columns_carry_whole_grade_names(client, auth):
+    auth.login()
+    html = client.get("/model").get_data(as_text=True)
+    for grade, name in enumerate(features.GRADE_NAMES):
+        label = re.search(rf'data-column-label="{grade}">(.*?)</text>', html).group(1)
+        assert re.sub(r"<[^>]+>", " ", label).split() == [str(grade), name]
