@@ -188,6 +188,9 @@ def test_browser_login_upload_and_read_grade(live_server, tmp_path, direct_clien
             page.fill("#password", ADMIN_PASSWORD)
             page.click("button[type=submit]")
             page.wait_for_selector("#drop-zone")
+            # One file picker on the page: the "Choose files" button.
+            assert page.locator("#files").bounding_box()["width"] <= 1  # no second picker
+            assert page.locator("label[for=files]").is_visible()
             page.screenshot(path=os.path.join(shots, "01_upload.png"), full_page=True)
 
             # Batch: two knees at once, each with its own progress row.
@@ -269,7 +272,8 @@ def test_browser_login_upload_and_read_grade(live_server, tmp_path, direct_clien
             flagged = page.locator("#queue-list li.failed")
             flagged.first.wait_for(timeout=60_000)
             text = flagged.first.inner_text()
-            assert "not graded" in text and "undefined" not in text and "NaN" not in text
+            assert text.count("Not graded") == 1 and "undefined" not in text and "NaN" not in text
+            assert "bar-failed" in flagged.first.locator("progress").get_attribute("class")
             page.screenshot(path=os.path.join(shots, "08_upload_not_graded.png"), full_page=True)
         finally:
             browser.close()

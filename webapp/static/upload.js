@@ -38,6 +38,8 @@
 
     function finish(item, ok, node) {
       item.li.classList.add(ok ? "done" : "failed");
+      // A refused or not-graded file must not look like a success.
+      item.bar.classList.add(ok ? "bar-done" : "bar-failed");
       item.state.className = "state " + (ok ? "state-done" : "state-error");
       item.state.textContent = "";
       item.state.appendChild(node);
@@ -76,8 +78,8 @@
         try { body = JSON.parse(xhr.responseText); } catch (err) { body = null; }
         if (xhr.status === 201 && body && body.graded === false) {
           // Stored, but the model flagged the image: there is no grade to show.
-          finish(item, false, link(body.result_url, "not graded: " +
-            (body.not_graded_reason || "the model cannot grade this image")));
+          finish(item, false, link(body.result_url,
+            body.not_graded_reason || "Not graded: the model cannot grade this image"));
         } else if (xhr.status === 201 && body) {
           var text = "grade " + body.grade + " " + body.grade_name +
             " (" + Math.round(body.confidence * 100) + "%)";
