@@ -59,7 +59,8 @@ def _cmd_ingest(args) -> int:
     manifest = args.manifest if args.manifest is not None else (params.data.manifest or None)
     report = ingestion.ingest(source, args.out, eval_fraction=params.data.eval_fraction,
                               seed=params.data.seed, manifest=manifest,
-                              eval_source=params.data.eval_source or None)
+                              eval_source=(args.eval_source if args.eval_source is not None
+                                           else params.data.eval_source) or None)
     logger.info("ingested %d images into %s (excluded %d); counts %s", report.total_images,
                 args.out, len(report.excluded), report.counts)
     return 0
@@ -128,6 +129,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default=configs.PARAMS_FILE)
     p.add_argument("--source", help="dataset root (default: params data.source)")
     p.add_argument("--manifest", help="CSV manifest (default: params data.manifest)")
+    p.add_argument("--eval-source", help="<grade>/ folder that is the eval split as given "
+                                         "(default: params data.eval_source)")
     p.add_argument("--out", default=configs.INGESTED_DIR)
     p.set_defaults(func=_cmd_ingest)
 
