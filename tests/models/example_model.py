@@ -35,7 +35,8 @@ import tempfile
 
 import numpy as np
 
-from components import features
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from components import features  # noqa: E402  (its package selects Keras 2)
 
 _LOG = logging.getLogger(__name__)
 
