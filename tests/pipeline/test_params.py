@@ -44,41 +44,40 @@ def test_the_real_data_params_file_is_valid_and_differs_from_the_demo():
     assert real.gate != demo.gate
 
 
+def _params_file(folder, name: str, text: str) -> str:
+    path = folder / name
+    path.write_text(text)
+    return str(path)
+
+
 def test_set_args_turn_one_params_file_into_another(tmp_path):
-    base = tmp_path / "base.yaml"
-    base.write_text("model: {image_size: 64, head: softmax}\n"
-                    "gate: {recall_lower_bounds: [0, 0, 0, 0, 0]}\n")
-    target = tmp_path / "target.yaml"
-    target.write_text("model: {image_size: 224, head: softmax, tta: true}\n"
-                      "gate: {recall_lower_bounds: [0.5, 0.25, 0.5, 0.5, 0.75]}\n")
-    assert params.set_args(str(target), str(base)) == [
+    base = _params_file(tmp_path, "base.yaml", "model: {image_size: 64, head: softmax}\n"
+                        "gate: {recall_lower_bounds: [0, 0, 0, 0, 0]}\n")
+    target = _params_file(tmp_path, "target.yaml", "model: {image_size: 224, head: softmax, "
+                          "tta: true}\ngate: {recall_lower_bounds: [0.5, 0.25, 0.5, 0.5, 0.75]}\n")
+    assert params.set_args(target, base) == [
         "-S", "model.image_size=224", "-S", "model.tta=true",
         "-S", "gate.recall_lower_bounds=[0.5,0.25,0.5,0.5,0.75]"]
-    assert params.set_args(str(base), str(base)) == []
+    assert params.set_args(base, base) == []
 
 
 def test_set_args_refuse_invalid_params_and_unsplittable_values(tmp_path):
-    base = tmp_path / "base.yaml"
-    base.write_text("model: {image_size: 64}\n")
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("model: {image_size: 100}\n")
+    base = _params_file(tmp_path, "base.yaml", "model: {image_size: 64}\n")
+    bad = _params_file(tmp_path, "bad.yaml", "model: {image_size: 100}\n")
     with pytest.raises(params.ParamsError, match="multiple of 8"):
-        params.set_args(str(bad), str(base))
-    spaced = tmp_path / "spaced.yaml"
-    spaced.write_text("data: {source: 'my films'}\n")
+        params.set_args(bad, base)
+    spaced = _params_file(tmp_path, "spaced.yaml", "data: {source: 'my films'}\n")
     with pytest.raises(params.ParamsError, match="one shell word"):
-        params.set_args(str(spaced), str(base))
+        params.set_args(spaced, base)
 
 
 def test_set_args_can_make_data_paths_absolute_for_queued_experiments(tmp_path):
-    base = tmp_path / "base.yaml"
-    base.write_text("data: {source: data}\nmodel: {weights: none}\n")
-    target = tmp_path / "target.yaml"
-    target.write_text("data: {source: ../shared/films, eval_source: /abs/val}\n"
-                      "model: {weights: ../w.h5}\n")
-    assert params.set_args(str(target), str(base)) == [
+    base = _params_file(tmp_path, "base.yaml", "data: {source: data}\nmodel: {weights: none}\n")
+    target = _params_file(tmp_path, "target.yaml", "data: {source: ../shared/films, "
+                          "eval_source: /abs/val}\nmodel: {weights: ../w.h5}\n")
+    assert params.set_args(target, base) == [
         "-S", "data.source=../shared/films", "-S", "data.eval_source=/abs/val",
         "-S", "model.weights=../w.h5"]
-    assert params.set_args(str(target), str(base), absolute_paths=True) == [
+    assert params.set_args(target, base, absolute_paths=True) == [
         "-S", f"data.source={tmp_path.parent / 'shared' / 'films'}",
         "-S", "data.eval_source=/abs/val", "-S", f"model.weights={tmp_path.parent / 'w.h5'}"]
