@@ -143,6 +143,7 @@ def test_label_smoothing_spreads_the_target_over_all_grades():
                                                                                   rel=1e-5)
 
 
+@pytest.mark.slow  # a real (tiny) training run
 def test_fine_tune_options_train_and_the_schedule_warms_up():
     import tensorflow as tf_
 
