@@ -26,9 +26,10 @@ import os
 import sys
 import time
 
-from components import features  # noqa: E402
-features.select_keras_2()  # before TensorFlow is imported
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from components import features  # noqa: E402
+
+features.select_keras_2()  # before TensorFlow is imported
 
 logger = logging.getLogger("recipe_screen")
 CACHE_DIR = os.path.join("build", "recipe_screen")

@@ -7,7 +7,8 @@ The web process never imports TensorFlow: it reaches the model only through
 import os
 from typing import Mapping, Optional
 
-from flask import Flask, jsonify
+from flask import Flask, g, jsonify, request
+from flask_login import current_user
 from flask_wtf.csrf import CSRFProtect
 
 from webapp import settings as config_module
@@ -22,9 +23,6 @@ _CSP = (
 def _no_store(response):
     """Pages and API answers for a signed-in user carry patient images and grades: no
     browser or proxy may keep a copy (static files are the same for everyone)."""
-    from flask import g, request
-    from flask_login import current_user
-
     if request.endpoint != "static" and (
             getattr(g, "api_user", None) is not None or current_user.is_authenticated):
         response.headers.setdefault("Cache-Control", "private, no-store")
