@@ -71,6 +71,7 @@ def create_app(config: Optional[Mapping[str, object]] = None) -> Flask:
         api,
         auth,
         db,
+        display,
         errors,
         history,
         model_card_views,
@@ -82,6 +83,7 @@ def create_app(config: Optional[Mapping[str, object]] = None) -> Flask:
     # Before any route is added: `<id:...>` in the blueprints' rules needs it.
     app.url_map.converters["id"] = row_ids.RowIdConverter
     db.init_app(app)
+    display.init_app(app)
     serving_gateway.init_app(app)
     auth.init_app(app)
     csrf = CSRFProtect(app)

@@ -173,7 +173,7 @@ def report(prediction_id: int):
         "predict/report.html",
         prediction=prediction,
         has_heatmap=_has_heatmap(get_session(), prediction),
-        now_utc=utcnow().strftime("%Y-%m-%d %H:%M UTC"),
+        printed_at=utcnow(),
         synthetic_model=_synthetic_model(prediction),
     )
 

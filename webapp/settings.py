@@ -22,6 +22,7 @@ ENV_LOGIN_MAX_FAILURES = "KOA_LOGIN_MAX_FAILURES"
 ENV_LOGIN_WINDOW_SECONDS = "KOA_LOGIN_WINDOW_SECONDS"
 # Upload file names often carry the patient's name or ID (PACS exports): kept only on request.
 ENV_KEEP_FILE_NAMES = "KOA_KEEP_FILE_NAMES"
+ENV_TIME_ZONE = "KOA_TIME_ZONE"  # IANA name of the clinic's zone for dates on pages
 
 DEFAULT_SERVING_TARGET = "localhost:8500"
 DEFAULT_MODEL_NAME = "koa"
@@ -88,6 +89,7 @@ def from_environment(instance_path: str, env: Optional[Mapping[str, str]] = None
         "MAX_CONTENT_LENGTH": int(max_upload_mb * 1024 * 1024),
         "KOA_MAX_IMAGE_PIXELS": _number(env, ENV_MAX_IMAGE_PIXELS, DEFAULT_MAX_IMAGE_PIXELS, int),
         "KOA_KEEP_FILE_NAMES": _truthy(env.get(ENV_KEEP_FILE_NAMES)),
+        "KOA_TIME_ZONE": env.get(ENV_TIME_ZONE) or "UTC",
         "KOA_LOGIN_MAX_FAILURES": _number(
             env, ENV_LOGIN_MAX_FAILURES, DEFAULT_LOGIN_MAX_FAILURES, int
         ),

@@ -324,3 +324,18 @@ def test_file_names_are_not_kept_unless_asked(make_app):
                  f"/predictions/{prediction.id}/report"):
         page = client.get(path).get_data(as_text=True)
         assert "SMITH" not in page and "1234567" not in page, path
+
+
+def test_pages_name_the_model_by_its_push_date_and_show_local_times(make_app):
+    app = make_app(KOA_TIME_ZONE="Europe/Berlin")
+    client = app.test_client()
+    _sign_in(client)
+    body = upload(client, [("k.png", wi.png_of_grade(1))], json_response=True).get_json()
+    page = client.get(body["result_url"]).get_data(as_text=True)
+    # The fixture card was pushed 2025-03-14T09:26:53Z: 10:26 in Berlin, same day.
+    assert "koa model of 14 Mar 2025, v1" in page
+    assert re.search(r"\d{1,2} \w{3} \d{4}, \d\d:\d\d CES?T", page)
+    assert "T09:26:53" not in page
+    assert "koa model of 14 Mar 2025, v1" in client.get("/history").get_data(as_text=True)
+    with pytest.raises(Exception, match="KOA_TIME_ZONE"):
+        make_app(KOA_TIME_ZONE="Mars/Olympus")
