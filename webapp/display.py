@@ -15,14 +15,16 @@ from flask import Flask, current_app
 from webapp.settings import SettingsError
 
 
-def time_zone(name: Optional[str]) -> ZoneInfo:
+def time_zone(name: Optional[str]) -> dt.tzinfo:
     """The zone called `name` (UTC for None or "").
 
     Raises:
         SettingsError: the name is not an IANA time zone.
     """
+    if not name or name == "UTC":
+        return dt.timezone.utc  # needs no time zone database (slim containers lack one)
     try:
-        return ZoneInfo(name or "UTC")
+        return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError) as e:
         raise SettingsError(f"KOA_TIME_ZONE={name!r} is not a time zone name "
                             "(e.g. Europe/Berlin)") from e
