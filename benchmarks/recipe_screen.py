@@ -88,12 +88,12 @@ def _dataset(images, grades, batch_size, shuffle_seed=None):
 
 def _scores(logits, labels):
     import numpy as np
+    from scipy.special import softmax
 
     from components import calibration, metrics
 
     matrix = metrics.confusion_matrix(labels, logits.argmax(1))
-    probabilities = np.exp(logits - logits.max(1, keepdims=True))
-    probabilities /= probabilities.sum(1, keepdims=True)
+    probabilities = softmax(logits, axis=1)
     return {
         "accuracy": float(np.trace(matrix) / matrix.sum()),
         "qwk": metrics.quadratic_weighted_kappa(matrix),
@@ -103,7 +103,7 @@ def _scores(logits, labels):
     }
 
 
-def _run_variant(base, overrides, data, seed_offset=0):
+def _run_variant(base, overrides, data):
     import numpy as np
 
     from components import post_hoc, train

@@ -40,6 +40,7 @@ CHROMA_KEY = "chroma"  # mean over pixels of max - min over R, G, B; 0 for gray 
 # Contrast enhancement the Transform graph can apply (components/preprocessing.py):
 # unclipped adaptive histogram equalisation, classic clip-limited CLAHE, or none.
 EQUALISATIONS = ("ahe", "clahe", "none")
+DEFAULT_EQUALISATION = "ahe"
 
 # Split names used by ingestion and ExampleGen.
 TRAIN_SPLIT = "train"

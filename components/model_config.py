@@ -84,7 +84,7 @@ class ModelConfig:
     recall_floor: float = 0.0
     tuner_trials: int = 4
     tuner_epochs: int = 2
-    equalisation: str = "ahe"
+    equalisation: str = features.DEFAULT_EQUALISATION
     label_smoothing: float = 0.0
     weight_decay: float = 0.0
     ema: bool = False
@@ -123,7 +123,7 @@ class ModelConfig:
             raise ValueError(f"label_smoothing must be in [0, 1), got {config.label_smoothing}")
         if config.weight_decay < 0 or config.warmup_epochs < 0:
             raise ValueError("weight_decay and warmup_epochs must not be negative")
-        if config.warmup_epochs >= max(config.finetune_epochs, 1) and config.warmup_epochs:
+        if config.warmup_epochs and config.warmup_epochs >= config.finetune_epochs:
             raise ValueError("warmup_epochs must be fewer than finetune_epochs")
         if min(config.augment_rotation, config.augment_zoom, config.augment_translate,
                config.augment_contrast) < 0:

@@ -10,6 +10,7 @@ from typing import Dict
 
 import numpy as np
 import tensorflow as tf
+from scipy.special import softmax
 
 from components import calibration, features, grade_offsets, ood
 from components.model import features_and_logits, with_tta
@@ -36,11 +37,6 @@ def collect(model: keras.Model, dataset: tf.data.Dataset, tta: bool = False):
         labels.append(tf.reshape(batch_labels, [-1]).numpy())
     return (np.concatenate(pooled), np.concatenate(served), np.concatenate(labels),
             np.concatenate(plain))
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
 
 
 def fit(model: keras.Model, config: ModelConfig, train_ds: tf.data.Dataset,
@@ -90,9 +86,9 @@ def fit(model: keras.Model, config: ModelConfig, train_ds: tf.data.Dataset,
         "val_nll_uncalibrated": calibration.negative_log_likelihood(eval_logits, eval_labels),
         "val_nll": calibration.negative_log_likelihood(eval_logits, eval_labels, temperature),
         "val_ece_uncalibrated": calibration.expected_calibration_error(
-            _softmax(eval_logits), eval_labels),
+            softmax(eval_logits, axis=1), eval_labels),
         "val_ece": calibration.expected_calibration_error(
-            _softmax(eval_logits / temperature), eval_labels),
+            softmax(eval_logits / temperature, axis=1), eval_labels),
         "ood_threshold": float(distance.threshold.numpy()),
         "ood_feature_flagged_val": float(np.mean(distance(eval_pooled).numpy() > 1.0)),
         "ood_feature_flagged_train": float(np.mean(distance(train_pooled).numpy() > 1.0)),

@@ -27,7 +27,7 @@ _BINS = 256
 # Clip limit of each of features.EQUALISATIONS ("none" skips equalisation): unclipped
 # AHE is the default, 2.0 is the classic CLAHE setting.
 _CLIP_LIMITS = {"ahe": CLAHE_CLIP_LIMIT, "clahe": 2.0}
-DEFAULT_EQUALISATION = "ahe"
+DEFAULT_EQUALISATION = features.DEFAULT_EQUALISATION
 
 
 _CHROMA_SIZE = 64  # colour is measured on a small copy: a mean needs no detail
