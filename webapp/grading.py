@@ -54,14 +54,10 @@ def display_filename(filename: str) -> str:
 
 
 def _apply_result(prediction: Prediction, image_row: PredictionImage, result) -> None:
-    card = None
-    try:
-        card = model_card.load_model_card(
-            current_app.config["KOA_MODEL_BASE_PATH"], result.model_version
-        )
-    except model_card.ModelCardError as e:
-        # The grade is still valid without its card; say so in the log for the operator.
-        logger.warning("model card unreadable for version %s: %s", result.model_version, e)
+    # The grade is still valid without its card.
+    card = model_card.load_model_card_or_none(
+        current_app.config["KOA_MODEL_BASE_PATH"], result.model_version
+    )
     prediction.status = STATUS_DONE
     prediction.error = None
     prediction.grade = int(result.grade)

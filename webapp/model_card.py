@@ -91,6 +91,16 @@ def load_model_card(model_base_path: Optional[str], version: int) -> Optional[di
     return card
 
 
+def load_model_card_or_none(model_base_path: Optional[str], version: int) -> Optional[dict]:
+    """`load_model_card`, but an unreadable card is logged and treated as missing (for
+    pages and records that stay valid without it)."""
+    try:
+        return load_model_card(model_base_path, version)
+    except ModelCardError as e:
+        logger.warning("model card unreadable for version %s: %s", version, e)
+        return None
+
+
 def trained_on_synthetic(card: Optional[dict]) -> bool:
     """Whether the card says the model was trained on the synthetic phantoms (lineage
     ``synthetic``, written by the pipeline); False when unknown."""

@@ -150,12 +150,8 @@ def _synthetic_model(prediction) -> bool:
     """Whether the model that graded `prediction` was trained on synthetic phantoms."""
     if prediction.model_version is None:
         return False
-    try:
-        card = model_card.load_model_card(current_app.config.get("KOA_MODEL_BASE_PATH"),
-                                          prediction.model_version)
-    except model_card.ModelCardError:
-        return False
-    return model_card.trained_on_synthetic(card)
+    return model_card.trained_on_synthetic(model_card.load_model_card_or_none(
+        current_app.config["KOA_MODEL_BASE_PATH"], prediction.model_version))
 
 
 @bp.route("/predictions/<id:prediction_id>/report")

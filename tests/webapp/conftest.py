@@ -7,7 +7,6 @@ app on a temporary SQLite database migrated with Alembic, a test client, and an
 ``auth`` helper that signs in through the real login form, CSRF token included.
 """
 
-import json
 import os
 import subprocess
 import sys
@@ -20,8 +19,8 @@ from koa.processes import ChildProcess, free_port
 from webapp import create_app, db, migrate
 from webapp.users import create_user
 from webapp_testlib import (
+    write_model_card,
     ADMIN,
-    CARD_FIXTURE,
     CLINICIAN,
     OTHER_CLINICIAN,
     REPO,
@@ -39,19 +38,6 @@ def _subprocess_env() -> dict:
     env["TF_CPP_MIN_LOG_LEVEL"] = "2"
     env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
     return env
-
-
-def write_model_card(model_base_path: str, version: int) -> dict:
-    """Writes the fixture card (with ``version``) where the pusher would put it."""
-    with open(CARD_FIXTURE, encoding="utf-8") as f:
-        card = json.load(f)
-    card["version"] = version
-    card["lineage"]["pipeline_run_id"] = f"koa-test-run-v{version}"
-    path = features.model_card_path(os.path.join(model_base_path, str(version)))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(card, f)
-    return card
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import pytest
 import webapp_images as wi
 from components import features
 from koa.processes import free_port
-from webapp_testlib import CARD_FIXTURE, AuthActions, upload
+from webapp_testlib import CARD_FIXTURE, AuthActions, upload, write_model_card
 from webapp import charts, model_card
 
 CELL_RE = re.compile(r'data-row="(\d)" data-col="(\d)">(\d+)<')
@@ -145,13 +145,7 @@ def test_line_chart_geometry():
 
 
 def test_a_model_trained_on_synthetic_phantoms_says_so_everywhere(make_app, tmp_path):
-    with open(CARD_FIXTURE, encoding="utf-8") as f:
-        card = json.load(f)
-    card["lineage"]["synthetic"] = True
-    path = features.model_card_path(str(tmp_path / "1"))
-    os.makedirs(os.path.dirname(path))
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(card, f)
+    write_model_card(str(tmp_path), 1, synthetic=True)
     app = make_app(KOA_MODEL_BASE_PATH=str(tmp_path))
     client = app.test_client()
     AuthActions(client).login()

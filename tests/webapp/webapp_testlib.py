@@ -1,8 +1,11 @@
 """Helpers of the web-app tests (kept out of conftest.py so tests can import them by a unique name)."""
 
 import io
+import json
 import os
 import re
+
+from components import features
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -55,3 +58,17 @@ def upload(client, files, *, json_response=False, token=None):
     }
     headers = {"Accept": "application/json"} if json_response else {}
     return client.post("/predictions", data=data, headers=headers, content_type="multipart/form-data")
+
+
+def write_model_card(model_base_path: str, version: int, **lineage) -> dict:
+    """Writes the fixture card (with ``version``, and ``lineage`` entries replaced) where
+    the pusher would put it."""
+    with open(CARD_FIXTURE, encoding="utf-8") as f:
+        card = json.load(f)
+    card["version"] = version
+    card["lineage"].update({"pipeline_run_id": f"koa-test-run-v{version}", **lineage})
+    path = features.model_card_path(os.path.join(model_base_path, str(version)))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(card, f)
+    return card
