@@ -1,5 +1,7 @@
 """The error raised for an upload that is not a usable radiograph."""
 
+from components.image_files import UnreadableImageError
 
-class ImageError(ValueError):
-    """The uploaded file cannot be graded; the message names the problem for the user."""
+# The web app's name for the shared reading error: the message names the problem for the
+# user and carries no patient data.
+ImageError = UnreadableImageError

@@ -7,6 +7,9 @@ import webapp_images as wi
 from webapp import heatmap, images
 from webapp.image_errors import ImageError
 
+# A DICOM storing more than 8 bits reaches the model as a 16-bit PNG.
+WHITE16 = 65535
+
 LIMIT = 64_000_000
 
 
@@ -64,10 +67,15 @@ def test_pixel_limit_is_enforced_below_pillow_default():
         images.prepare_upload(wi.gradient_png(), 100)
 
 
-def test_dicom_12bit_without_window_uses_full_range():
-    pixels = wi.decode_png(images.prepare_upload(wi.dicom_bytes(wi.ramp_12bit()), LIMIT).png)
-    assert pixels.shape == (48, 64)
-    assert pixels[:, 0].max() == 0 and pixels[:, -1].min() == 255
+def test_dicom_12bit_without_window_uses_full_range_at_16_bits():
+    prepared = images.prepare_upload(wi.dicom_bytes(wi.ramp_12bit()), LIMIT)
+    pixels = wi.decode_png(prepared.png)
+    assert pixels.shape == (48, 64) and pixels.dtype == np.uint16
+    assert pixels[:, 0].max() == 0 and pixels[:, -1].min() == WHITE16
+    # Every stored level keeps a value of its own.
+    assert len(np.unique(pixels)) == len(np.unique(wi.ramp_12bit()))
+    thumb = wi.decode_png(prepared.thumbnail_png)
+    assert thumb.dtype == np.uint8 and thumb.max() == 255
     assert np.all(np.diff(pixels[0].astype(int)) >= 0)
 
 
@@ -77,7 +85,7 @@ def test_dicom_monochrome1_is_inverted():
     mono1 = wi.decode_png(
         images.prepare_upload(wi.dicom_bytes(raw, photometric="MONOCHROME1"), LIMIT).png
     ).astype(int)
-    assert np.array_equal(mono1, 255 - mono2)
+    assert np.array_equal(mono1, WHITE16 - mono2)
 
 
 def test_dicom_window_level_clips_outside_the_window():
@@ -87,9 +95,9 @@ def test_dicom_window_level_clips_outside_the_window():
     )
     low, high = 2048 - 512, 2048 + 512
     assert np.all(pixels[raw <= low - 1] == 0)
-    assert np.all(pixels[raw >= high + 1] == 255)
+    assert np.all(pixels[raw >= high + 1] == WHITE16)
     inside = (raw > low + 50) & (raw < high - 50)
-    assert np.all((pixels[inside] > 0) & (pixels[inside] < 255))
+    assert np.all((pixels[inside] > 0) & (pixels[inside] < WHITE16))
 
 
 def test_dicom_rescale_is_applied_before_the_window():
@@ -103,7 +111,7 @@ def test_dicom_rescale_is_applied_before_the_window():
     )
     rescaled = raw.astype(np.float64) * 2 - 1000
     assert np.all(with_rescale[rescaled <= 2000 - 1] == 0)
-    assert np.all(with_rescale[rescaled >= 4000 + 1] == 255)
+    assert np.all(with_rescale[rescaled >= 4000 + 1] == WHITE16)
 
 
 def test_dicom_voi_lut_is_used():
@@ -113,7 +121,7 @@ def test_dicom_voi_lut_is_used():
     pixels = wi.decode_png(
         images.prepare_upload(wi.dicom_bytes(raw, bits_stored=4, voi_lut=lut), LIMIT).png
     )
-    assert pixels[0, 0] == 255 and pixels[0, -1] == 0
+    assert pixels[0, 0] == WHITE16 and pixels[0, -1] == 0
 
 
 @pytest.mark.parametrize(
