@@ -22,18 +22,32 @@ SIGNATURE_DEF_FIELD = "signature_def"
 CLASSIFY_INPUTS = "inputs"
 CLASSIFY_CLASSES = "classes"
 CLASSIFY_SCORES = "scores"
+REGRESS_INPUTS = "inputs"
+REGRESS_OUTPUTS = "outputs"
 
 
 def _keys(mapping) -> str:
     return ",".join(sorted(mapping))
 
 
-def _shape_text(shape) -> str:
-    return "[" + ",".join("?" if d is None or d < 0 else str(d) for d in shape) + "]"
+def _shape_debug(array) -> str:
+    """A shape as TensorFlow's TensorShape::DebugString prints it, e.g. ``[3,1]``."""
+    return "[" + ",".join(str(d) for d in array.shape) + "]"
+
+
+def _dtype_enum_name(array) -> str:
+    """The DataType enum name of an output array, e.g. ``DT_INT64``."""
+    if array.dtype == object:
+        return "DT_STRING"
+    try:
+        return "DT_" + tensors.dtype_name(tensors.dtype_of(array)).upper()
+    except tensors.TensorConversionError:
+        return str(array.dtype)
 
 
 class ApiHandler:
-    """Implements Predict, Classify, GetModelMetadata and GetModelStatus.
+    """Implements Predict, Classify, Regress, MultiInference, GetModelMetadata and
+    GetModelStatus.
 
     Args:
         manager: the :class:`serving.model_manager.ModelManager`.
@@ -135,19 +149,10 @@ class ApiHandler:
                 raise status.invalid_argument(
                     f"Expects arg[{index}] to be {tensors.dtype_name(info.dtype)} but "
                     f"{tensors.dtype_name(proto.dtype)} is provided")
-            self._check_shape(alias, array.shape, info.tensor_shape)
+            # No check against the SignatureDef's static shape: TensorFlow
+            # decides whether the graph accepts the tensor, as in TF Serving.
             inputs[alias] = array
         return inputs
-
-    @staticmethod
-    def _check_shape(alias, shape, tensor_shape):
-        if tensor_shape.unknown_rank:
-            return
-        wanted = [d.size for d in tensor_shape.dim]
-        if len(wanted) != len(shape) or any(w >= 0 and w != s for w, s in zip(wanted, shape)):
-            raise status.invalid_argument(
-                f"input '{alias}' has shape {_shape_text(shape)} but the signature expects "
-                f"{_shape_text(wanted)}")
 
     @staticmethod
     def _output_aliases(signature, output_filter) -> list:
@@ -171,42 +176,11 @@ class ApiHandler:
             return self._batcher.run(servable, signature_name, inputs, aliases)
         return servable.run(signature_name, inputs, aliases)
 
-    # -- Classify ----------------------------------------------------------
+    # -- Classify, Regress and MultiInference (tf.Example inputs) -------------
 
-    def classify(self, request, api: str = "grpc"):
-        """Runs a ClassificationRequest and returns a ClassificationResponse.
-
-        Raises:
-            status.ServingStatusError: with TensorFlow Serving's code and text.
-        """
-        spec = request.model_spec
-        signature_name = spec.signature_name or DEFAULT_SIGNATURE
-        with self._observed(spec, signature_name, api, "classify") as served:
-            servable, signature = self._resolve(spec, signature_name, served, status.invalid_argument(
-                f"No signature was found with the name: {signature_name}"))
-            if signature.method_name != servable_lib.CLASSIFY_METHOD:
-                raise status.invalid_argument(
-                    f"Expected classification signature method_name to be "
-                    f"{servable_lib.CLASSIFY_METHOD}. Was: {signature.method_name}")
-            if CLASSIFY_INPUTS not in signature.inputs or len(signature.inputs) != 1:
-                raise status.invalid_argument(
-                    f"Classification signature must have exactly one input named '{CLASSIFY_INPUTS}'")
-            aliases = [a for a in (CLASSIFY_CLASSES, CLASSIFY_SCORES) if a in signature.outputs]
-            if not aliases:
-                raise status.invalid_argument(
-                    f"Expected classification signature outputs to contain at least one of "
-                    f"{{{CLASSIFY_CLASSES}, {CLASSIFY_SCORES}}}")
-            examples = self._serialized_examples(request.input)
-            outputs = self._run(servable, signature_name,
-                                {CLASSIFY_INPUTS: np.array(examples, dtype=object)}, aliases)
-            response = self._p.classification_pb2.ClassificationResponse()
-            response.model_spec.name = spec.name
-            response.model_spec.version.value = servable.version
-            response.model_spec.signature_name = signature_name
-            self._fill_classifications(response.result, outputs, len(examples))
-            return response
-
-    def _serialized_examples(self, input_proto) -> list:
+    def _serialized_examples(self, input_proto) -> np.ndarray:
+        """The request's tf.Examples, serialized, as a [N] string array; each example
+        of an ``example_list_with_context`` gets the context's features first."""
         kind = input_proto.WhichOneof("kind")
         if kind == "example_list":
             examples = list(input_proto.example_list.examples)
@@ -218,39 +192,216 @@ class ApiHandler:
             raise status.invalid_argument("Input is empty.")
         if not examples:
             raise status.invalid_argument("Input is empty.")
-        serialized = []
-        for example in examples:
+        serialized = np.empty(len(examples), dtype=object)
+        for index, example in enumerate(examples):
             if context is not None:
                 merged = self._p.example_pb2.Example()
                 merged.CopyFrom(context)
                 merged.MergeFrom(example)
                 example = merged
-            serialized.append(example.SerializeToString())
+            serialized[index] = example.SerializeToString()
         return serialized
+
+    @staticmethod
+    def _classification_outputs(signature) -> list:
+        """Checks a signature for Classify as TF Serving does; returns its output aliases."""
+        if signature.method_name != servable_lib.CLASSIFY_METHOD:
+            raise status.invalid_argument(
+                f"Expected classification signature method_name to be {servable_lib.CLASSIFY_METHOD}. "
+                f"Was: {signature.method_name}")
+        if len(signature.inputs) != 1:
+            raise status.invalid_argument("Expected one input Tensor.")
+        if len(signature.outputs) not in (1, 2):
+            raise status.invalid_argument(
+                f"Expected one or two output Tensors, found {len(signature.outputs)}")
+        if CLASSIFY_INPUTS not in signature.inputs:
+            raise status.ServingStatusError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"No classification inputs found in SignatureDef: {signature}")
+        aliases = [a for a in (CLASSIFY_CLASSES, CLASSIFY_SCORES) if a in signature.outputs]
+        if not aliases:
+            raise status.ServingStatusError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"Expected classification signature outputs to contain at least one of "
+                f"\"{CLASSIFY_CLASSES}\" or \"{CLASSIFY_SCORES}\". Signature was: {signature}")
+        return aliases
+
+    @staticmethod
+    def _regression_outputs(signature) -> list:
+        """Checks a signature for Regress as TF Serving does; returns its output alias."""
+        if signature.method_name != servable_lib.REGRESS_METHOD:
+            raise status.invalid_argument(
+                f"Expected regression signature method_name to be {servable_lib.REGRESS_METHOD}. "
+                f"Was: {signature.method_name}")
+        if len(signature.inputs) != 1:
+            raise status.invalid_argument("Expected one input Tensor.")
+        if len(signature.outputs) != 1:
+            raise status.invalid_argument("Expected one output Tensor.")
+        if REGRESS_INPUTS not in signature.inputs:
+            raise status.ServingStatusError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"No regression inputs found in SignatureDef: {signature}")
+        if REGRESS_OUTPUTS not in signature.outputs:
+            raise status.ServingStatusError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"No regression outputs found in SignatureDef: {signature}")
+        return [REGRESS_OUTPUTS]
+
+    def _example_signature(self, servable, signature_name):
+        signature = servable.signature_defs.get(signature_name)
+        if signature is None:
+            raise status.invalid_argument(f"No signature was found with the name: {signature_name}")
+        return signature
+
+    def _fill_spec(self, target, spec, signature_name, servable):
+        target.name = spec.name
+        target.version.value = servable.version
+        target.signature_name = signature_name
+
+    def classify(self, request, api: str = "grpc"):
+        """Runs a ClassificationRequest and returns a ClassificationResponse.
+
+        Raises:
+            status.ServingStatusError: with TensorFlow Serving's code and text.
+        """
+        spec = request.model_spec
+        signature_name = spec.signature_name or DEFAULT_SIGNATURE
+        with self._observed(spec, signature_name, api, "classify") as served:
+            servable = self._manager.resolve(spec)
+            served["version"] = str(servable.version)
+            signature = self._example_signature(servable, signature_name)
+            aliases = self._classification_outputs(signature)
+            examples = self._serialized_examples(request.input)
+            outputs = self._run(servable, signature_name, {CLASSIFY_INPUTS: examples}, aliases)
+            response = self._p.classification_pb2.ClassificationResponse()
+            self._fill_spec(response.model_spec, spec, signature_name, servable)
+            self._fill_classifications(response.result, outputs, len(examples))
+            return response
+
+    def regress(self, request, api: str = "grpc"):
+        """Runs a RegressionRequest and returns a RegressionResponse.
+
+        Raises:
+            status.ServingStatusError: with TensorFlow Serving's code and text.
+        """
+        spec = request.model_spec
+        signature_name = spec.signature_name or DEFAULT_SIGNATURE
+        with self._observed(spec, signature_name, api, "regress") as served:
+            servable = self._manager.resolve(spec)
+            served["version"] = str(servable.version)
+            signature = self._example_signature(servable, signature_name)
+            aliases = self._regression_outputs(signature)
+            examples = self._serialized_examples(request.input)
+            outputs = self._run(servable, signature_name, {REGRESS_INPUTS: examples}, aliases)
+            response = self._p.regression_pb2.RegressionResponse()
+            self._fill_spec(response.model_spec, spec, signature_name, servable)
+            self._fill_regressions(response.result, outputs[REGRESS_OUTPUTS], len(examples))
+            return response
+
+    def multi_inference(self, request, api: str = "grpc"):
+        """Runs a MultiInferenceRequest: classify and regress tasks of one model over
+        the same tf.Examples; returns a MultiInferenceResponse, one result per task.
+
+        Raises:
+            status.ServingStatusError: with TensorFlow Serving's code and text.
+        """
+        spec = request.tasks[0].model_spec if request.tasks else self._p.model_pb2.ModelSpec()
+        with self._observed(spec, "", api, "multi_inference") as served:
+            servable = self._manager.resolve(spec)
+            served["version"] = str(servable.version)
+            plan, input_tensor, seen = [], None, set()
+            for task in request.tasks:
+                if not task.model_spec.name:
+                    raise status.invalid_argument("Found ModelSpec with an empty model name.")
+                if task.model_spec.name != spec.name:
+                    raise status.invalid_argument(
+                        "All ModelSpecs in a MultiInferenceRequest must access the same model name.")
+                signature_name = task.model_spec.signature_name or DEFAULT_SIGNATURE
+                if signature_name in seen:
+                    raise status.invalid_argument(f"Duplicate evaluation of signature: {signature_name}")
+                seen.add(signature_name)
+                signature = servable.signature_defs.get(signature_name)
+                if signature is None:
+                    raise status.invalid_argument(
+                        f"Requested signature not found in model graph: {signature_name}")
+                if task.method_name == servable_lib.CLASSIFY_METHOD:
+                    aliases = self._classification_outputs(signature)
+                    input_alias = CLASSIFY_INPUTS
+                elif task.method_name == servable_lib.REGRESS_METHOD:
+                    aliases = self._regression_outputs(signature)
+                    input_alias = REGRESS_INPUTS
+                else:
+                    raise status.ServingStatusError(
+                        grpc.StatusCode.UNIMPLEMENTED,
+                        f"Unsupported signature method_name: {task.method_name}")
+                tensor_name = signature.inputs[input_alias].name
+                if input_tensor is not None and tensor_name != input_tensor:
+                    raise status.invalid_argument("Input tensor must be the same for all Signatures.")
+                input_tensor = tensor_name
+                plan.append((task, signature_name, input_alias, aliases))
+            examples = self._serialized_examples(request.input)
+            response = self._p.inference_pb2.MultiInferenceResponse()
+            # Each task runs its own signature on the same examples; TF Serving
+            # runs them in one session call, which gives the same outputs for
+            # graphs without side effects.
+            for task, signature_name, input_alias, aliases in plan:
+                outputs = self._run(servable, signature_name, {input_alias: examples}, aliases)
+                result = response.results.add()
+                self._fill_spec(result.model_spec, task.model_spec, signature_name, servable)
+                if task.method_name == servable_lib.CLASSIFY_METHOD:
+                    self._fill_classifications(result.classification_result, outputs, len(examples))
+                else:
+                    self._fill_regressions(result.regression_result, outputs[REGRESS_OUTPUTS],
+                                           len(examples))
+            return response
 
     @staticmethod
     def _fill_classifications(result, outputs, count):
         classes = outputs.get(CLASSIFY_CLASSES)
         scores = outputs.get(CLASSIFY_SCORES)
-        for name, array in ((CLASSIFY_CLASSES, classes), (CLASSIFY_SCORES, scores)):
-            if array is not None and (array.ndim != 2 or array.shape[0] != count):
+        if classes is not None and classes.dtype != object:
+            raise status.invalid_argument(
+                f"Expected classes Tensor of DT_STRING.  Got: {_dtype_enum_name(classes)}")
+        if scores is not None and scores.dtype != np.float32:
+            raise status.invalid_argument(
+                f"Expected scores Tensor of DT_FLOAT.  Got: {_dtype_enum_name(scores)}")
+        for array in (classes, scores):
+            if array is None:
+                continue
+            if array.ndim != 2:
                 raise status.invalid_argument(
-                    f"Expected Tensor shape: [{count} num_classes] but got {list(array.shape)} "
-                    f"for output '{name}'")
+                    f"Expected Tensor shape: [batch_size num_classes] but got {_shape_debug(array)}")
+            if array.shape[0] != count:
+                raise status.invalid_argument(
+                    f"Input batch size did not match output batch size: {count} vs. {array.shape[0]}")
         if classes is not None and scores is not None and classes.shape != scores.shape:
             raise status.invalid_argument(
-                f"Tensors class and score should match in shape: {list(classes.shape)} vs "
-                f"{list(scores.shape)}")
+                f"Tensors class and score should match in shape: {_shape_debug(classes)} vs. "
+                f"{_shape_debug(scores)}")
         width = (classes if classes is not None else scores).shape[1]
         for row in range(count):
             classifications = result.classifications.add()
             for col in range(width):
                 entry = classifications.classes.add()
                 if classes is not None:
-                    label = classes[row, col]
-                    entry.label = label.decode("utf-8", "replace") if isinstance(label, bytes) else str(label)
+                    entry.label = bytes(classes[row, col]).decode("utf-8", "replace")
                 if scores is not None:
                     entry.score = float(scores[row, col])
+
+    @staticmethod
+    def _fill_regressions(result, output, count):
+        if not (output.ndim == 1 or (output.ndim == 2 and output.shape[1] == 1)):
+            raise status.invalid_argument(
+                "Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got "
+                f"{_shape_debug(output)}")
+        if output.shape[0] != count:
+            raise status.invalid_argument(
+                f"Input batch size did not match output batch size: {count} vs. {output.shape[0]}")
+        if output.dtype != np.float32:
+            raise status.invalid_argument(
+                f"Expected output Tensor of DT_FLOAT.  Got: {_dtype_enum_name(output)}")
+        for value in output.reshape(-1):
+            result.regressions.add().value = float(value)
 
     # -- Metadata and status -----------------------------------------------
 

@@ -38,10 +38,12 @@ class ServingProtos:
     classification_pb2: types.ModuleType
     get_model_metadata_pb2: types.ModuleType
     get_model_status_pb2: types.ModuleType
+    inference_pb2: types.ModuleType
     input_pb2: types.ModuleType
     model_pb2: types.ModuleType
     model_service_pb2_grpc: types.ModuleType
     predict_pb2: types.ModuleType
+    regression_pb2: types.ModuleType
     prediction_service_pb2_grpc: types.ModuleType
     model_server_config_pb2: types.ModuleType
     tensor_pb2: types.ModuleType
@@ -57,10 +59,12 @@ _MODULES = {
     "classification_pb2": "tensorflow_serving.apis.classification_pb2",
     "get_model_metadata_pb2": "tensorflow_serving.apis.get_model_metadata_pb2",
     "get_model_status_pb2": "tensorflow_serving.apis.get_model_status_pb2",
+    "inference_pb2": "tensorflow_serving.apis.inference_pb2",
     "input_pb2": "tensorflow_serving.apis.input_pb2",
     "model_pb2": "tensorflow_serving.apis.model_pb2",
     "model_service_pb2_grpc": "tensorflow_serving.apis.model_service_pb2_grpc",
     "predict_pb2": "tensorflow_serving.apis.predict_pb2",
+    "regression_pb2": "tensorflow_serving.apis.regression_pb2",
     "prediction_service_pb2_grpc": "tensorflow_serving.apis.prediction_service_pb2_grpc",
     "model_server_config_pb2": "tensorflow_serving.config.model_server_config_pb2",
     "tensor_pb2": "tensorflow.core.framework.tensor_pb2",

@@ -9,20 +9,16 @@ same :class:`serving.prediction.ApiHandler` as gRPC; errors come back as
 If a monitoring config enables Prometheus, its path serves the metrics.
 """
 
-import base64
 import http.server
-import json
 import logging
 import re
 import socket
 import threading
 import urllib.parse
 
-import grpc
-import numpy as np
 from google.protobuf import json_format
 
-from serving import protos, status, tensors
+from serving import json_tensor, protos, status, tensors
 
 _LOG = logging.getLogger(__name__)
 
@@ -32,82 +28,8 @@ _PREDICTION_PATH = re.compile(
 _STATUS_PATH = re.compile(
     r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?",
     re.IGNORECASE)
-_BYTES_SUFFIX = "_bytes"
 _MAX_BODY_BYTES = 2 ** 31 - 1
-
-
-def _is_b64(value) -> bool:
-    return isinstance(value, dict) and set(value) == {"b64"}
-
-
-def _decode_b64(value, name):
-    if not isinstance(value["b64"], str):
-        raise status.invalid_argument(f"'b64' value of input '{name}' must be a string")
-    try:
-        return base64.b64decode(value["b64"], validate=True)
-    except ValueError as e:
-        raise status.invalid_argument(f"Unable to base64 decode input '{name}': {e}") from e
-
-
-def _strings(value, name):
-    if isinstance(value, list):
-        return [_strings(v, name) for v in value]
-    if _is_b64(value):
-        return _decode_b64(value, name)
-    if isinstance(value, str):
-        return value.encode("utf-8")
-    raise status.invalid_argument(
-        f"Input '{name}' expects strings (or {{\"b64\": ...}} objects), got {json.dumps(value)[:80]}")
-
-
-def _json_to_array(value, info, name) -> np.ndarray:
-    """Converts a JSON value to an array of a signature input's dtype."""
-    if info.dtype == tensors.DT_STRING:
-        nested = _strings(value, name)
-        array = np.array(nested, dtype=object)
-        if array.dtype != object or any(not isinstance(v, bytes) for v in array.reshape(-1)):
-            raise status.invalid_argument(f"Input '{name}' is not a rectangular list of strings")
-        return array
-    try:
-        np_dtype = tensors.numpy_dtype(info.dtype)
-    except tensors.TensorConversionError as e:
-        raise status.invalid_argument(f"Input '{name}': {e}") from e
-
-    def check(v):
-        if isinstance(v, list):
-            for item in v:
-                check(item)
-        elif isinstance(v, bool) and np_dtype != np.bool_:
-            raise status.invalid_argument(f"Input '{name}' expects numbers, got a boolean")
-        elif not isinstance(v, (int, float, bool)):
-            raise status.invalid_argument(
-                f"Input '{name}' of type {tensors.dtype_name(info.dtype)} got a non-numeric value "
-                f"{json.dumps(v)[:80]}")
-
-    check(value)
-    try:
-        return np.array(value, dtype=np_dtype)
-    except (ValueError, OverflowError) as e:
-        raise status.invalid_argument(f"Input '{name}' is not a rectangular list of numbers: {e}") from e
-
-
-def _known_input(key, infos):
-    if key not in infos:
-        raise status.invalid_argument(
-            f"JSON object: does not have named input: {key}. Inputs expected to be in the set "
-            f"{{{','.join(sorted(infos))}}}.")
-    return key
-
-
-def _array_to_json(array: np.ndarray, alias: str):
-    if array.dtype == object:
-        if alias.endswith(_BYTES_SUFFIX):
-            encode = lambda b: {"b64": base64.b64encode(b).decode("ascii")}  # noqa: E731
-        else:
-            encode = lambda b: b.decode("utf-8", "replace")  # noqa: E731
-        flat = [encode(bytes(v)) for v in array.reshape(-1)]
-        return np.array(flat, dtype=object).reshape(array.shape).tolist() if array.ndim else flat[0]
-    return array.tolist()
+_INT64_MAX = 2 ** 63 - 1
 
 
 class RestApi:
@@ -138,14 +60,26 @@ class RestApi:
             return 200, CONTENT_TYPE, self._metrics.exposition()
         try:
             payload = self._dispatch(method, path, body)
-            return 200, "application/json", json.dumps(payload, indent=1).encode("utf-8")
+            return 200, "application/json", json_tensor.dumps(payload).encode("utf-8")
         except status.ServingStatusError as e:
             return (e.http_status, "application/json",
-                    json.dumps({"error": e.message}, indent=1).encode("utf-8"))
+                    json_tensor.dumps({"error": e.message}).encode("utf-8"))
+        except Exception:  # pylint: disable=broad-except
+            # A bug must not drop the connection nor send a stack to the client:
+            # the client gets INTERNAL, the log gets the traceback.
+            _LOG.exception("REST %s %s failed", method, path)
+            return 500, "application/json", json_tensor.dumps(
+                {"error": "Internal error while processing the request"}).encode("utf-8")
+
+    @staticmethod
+    def _check_version(version):
+        if version is not None and int(version) > _INT64_MAX:
+            raise status.invalid_argument(f"Failed to convert version: {version} to numeric.")
 
     def _model_spec(self, spec, name, version, label):
         spec.name = urllib.parse.unquote(name)
         if version is not None:
+            self._check_version(version)
             spec.version.value = int(version)
         if label is not None:
             spec.version_label = urllib.parse.unquote(label)
@@ -156,13 +90,14 @@ class RestApi:
             if match:
                 name, version, label, verb = match.groups()
                 verb = verb.lower()
-                request_json = self._parse_body(body)
+                # The version is checked before the body, as TF Serving does.
+                self._check_version(version)
+                document = json_tensor.parse_document(body)
                 if verb == "predict":
-                    return self._predict(name, version, label, request_json)
+                    return self._predict(name, version, label, document)
                 if verb == "classify":
-                    return self._classify(name, version, label, request_json)
-                raise status.ServingStatusError(grpc.StatusCode.UNIMPLEMENTED,
-                                                "Regress is not implemented by this server")
+                    return self._classify(name, version, label, document)
+                return self._regress(name, version, label, document)
         elif method == "GET":
             match = _STATUS_PATH.fullmatch(path)
             if match:
@@ -174,138 +109,59 @@ class RestApi:
                 return self._status(name, version, label)
         raise status.invalid_argument(f"Malformed request: {method} {path}")
 
-    @staticmethod
-    def _parse_body(body):
-        try:
-            parsed = json.loads(body.decode("utf-8"))
-        except UnicodeDecodeError as e:
-            raise status.invalid_argument(f"JSON Parse error: body is not UTF-8: {e}") from e
-        except json.JSONDecodeError as e:
-            raise status.invalid_argument(f"JSON Parse error: {e.msg} at offset: {e.pos}") from e
-        if not isinstance(parsed, dict):
-            raise status.invalid_argument("JSON Value not an object")
-        signature_name = parsed.get("signature_name", "")
-        if not isinstance(signature_name, str):
-            raise status.invalid_argument("'signature_name' key must be a string value.")
-        return parsed
-
     def _signature_inputs(self, spec, signature_name):
         servable = self._manager.resolve(spec)
         key = signature_name or "serving_default"
         signature = servable.signature_defs.get(key)
         if signature is None:
             raise status.invalid_argument(f"Serving signature name: \"{key}\" not found in signature def")
+        if not signature.inputs:
+            raise status.invalid_argument(
+                f"Failed to get input map for signature: {signature_name or 'DEFAULT'}")
         return signature.inputs
 
-    def _predict(self, name, version, label, request_json):
+    def _predict(self, name, version, label, document):
         request = self._p.predict_pb2.PredictRequest()
         self._model_spec(request.model_spec, name, version, label)
-        request.model_spec.signature_name = request_json.get("signature_name", "")
-        has_instances, has_inputs = "instances" in request_json, "inputs" in request_json
-        if has_instances == has_inputs:
-            raise status.invalid_argument(
-                "Missing 'inputs' or 'instances' key" if not has_inputs else
-                "Not formatted correctly expecting only one of 'inputs' or 'instances' keys exists")
+        request.model_spec.signature_name = document.get("signature_name", "")
         infos = self._signature_inputs(request.model_spec, request.model_spec.signature_name)
-        arrays = (self._from_instances(request_json["instances"], infos) if has_instances
-                  else self._from_columns(request_json["inputs"], infos))
+        has_instances, has_inputs = "instances" in document, "inputs" in document
+        if has_instances and has_inputs:
+            raise json_tensor.format_error(
+                document, "Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist ")
+        if not has_instances and not has_inputs:
+            raise status.invalid_argument("Missing 'inputs' or 'instances' key")
+        arrays = (json_tensor.instances_to_arrays(document, infos) if has_instances
+                  else json_tensor.inputs_to_arrays(document, infos))
         tensor_proto = self._p.tensor_pb2.TensorProto
         for alias, array in arrays.items():
-            request.inputs[alias].CopyFrom(
-                tensors.to_tensor_proto(array, tensor_proto, infos[alias].dtype))
+            request.inputs[alias].CopyFrom(tensors.to_tensor_proto(array, tensor_proto, infos[alias].dtype))
         response = self._handler.predict(request, api="rest")
         outputs = {alias: tensors.to_ndarray(t) for alias, t in response.outputs.items()}
         if has_instances:
-            return {"predictions": self._rows(outputs)}
-        if len(outputs) == 1:
-            alias, array = next(iter(outputs.items()))
-            return {"outputs": _array_to_json(array, alias)}
-        return {"outputs": {alias: _array_to_json(a, alias) for alias, a in outputs.items()}}
+            return {"predictions": json_tensor.row_predictions(outputs)}
+        return {"outputs": json_tensor.columnar_outputs(outputs)}
 
-    @staticmethod
-    def _single_input(infos):
-        if len(infos) != 1:
-            raise status.invalid_argument(
-                f"The signature has {len(infos)} inputs ({','.join(sorted(infos))}): name them "
-                "in each instance (row format) or in an 'inputs' object (columnar format)")
-        return next(iter(infos))
-
-    def _from_instances(self, instances, infos):
-        if not isinstance(instances, list) or not instances:
-            raise status.invalid_argument("'instances' must be a non-empty JSON list")
-        named = [isinstance(row, dict) and not _is_b64(row) for row in instances]
-        if all(named):
-            keys = set(instances[0])
-            for row in instances:
-                if set(row) != keys:
-                    raise status.invalid_argument(
-                        "Failed to process element: every instance must have the same named inputs "
-                        f"({','.join(sorted(keys))})")
-            for key in keys:
-                _known_input(key, infos)
-            return {key: _json_to_array([row[key] for row in instances], infos[key], key) for key in keys}
-        if any(named):
-            raise status.invalid_argument("Instances mix named-input objects and plain values")
-        alias = self._single_input(infos)
-        return {alias: _json_to_array(instances, infos[alias], alias)}
-
-    def _from_columns(self, inputs, infos):
-        if isinstance(inputs, dict) and not _is_b64(inputs):
-            return {key: _json_to_array(value, infos[_known_input(key, infos)], key)
-                    for key, value in inputs.items()}
-        alias = self._single_input(infos)
-        return {alias: _json_to_array(inputs, infos[alias], alias)}
-
-    @staticmethod
-    def _rows(outputs):
-        count = {a.shape[0] if a.ndim else None for a in outputs.values()}
-        if len(count) != 1 or None in count:
-            raise status.invalid_argument(
-                "Output tensors do not share a 0th dimension; request the columnar format "
-                "('inputs') instead of 'instances'")
-        rows = count.pop()
-        converted = {alias: _array_to_json(a, alias) for alias, a in outputs.items()}
-        if len(converted) == 1:
-            return next(iter(converted.values()))
-        return [{alias: values[i] for alias, values in converted.items()} for i in range(rows)]
-
-    def _classify(self, name, version, label, request_json):
+    def _classify(self, name, version, label, document):
         request = self._p.classification_pb2.ClassificationRequest()
         self._model_spec(request.model_spec, name, version, label)
-        request.model_spec.signature_name = request_json.get("signature_name", "")
-        examples = request_json.get("examples")
-        if not isinstance(examples, list) or not examples:
-            raise status.invalid_argument("'examples' must be a non-empty JSON list")
-        if "context" in request_json:
-            target = request.input.example_list_with_context
-            self._fill_example(target.context, request_json["context"])
-        else:
-            target = request.input.example_list
-        for example_json in examples:
-            self._fill_example(target.examples.add(), example_json)
+        request.model_spec.signature_name = document.get("signature_name", "")
+        json_tensor.fill_example_input(document, request.input)
         response = self._handler.classify(request, api="rest")
-        results = []
-        for classifications in response.result.classifications:
-            results.append([[c.label, c.score] if c.label else c.score for c in classifications.classes])
-        return {"results": results}
+        if not response.result.classifications:
+            raise status.invalid_argument("Cannot convert empty ClassificationResults to JSON")
+        return {"results": [[[c.label, json_tensor.Decimal(c.score, True)] for c in row.classes]
+                            for row in response.result.classifications]}
 
-    @staticmethod
-    def _fill_example(example, example_json):
-        if not isinstance(example_json, dict):
-            raise status.invalid_argument("Each example must be a JSON object of features")
-        for key, value in example_json.items():
-            values = value if isinstance(value, list) else [value]
-            feature = example.features.feature[key]
-            if all(isinstance(v, bool) or isinstance(v, int) for v in values):
-                feature.int64_list.value.extend(int(v) for v in values)
-            elif all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-                feature.float_list.value.extend(float(v) for v in values)
-            elif all(isinstance(v, str) or _is_b64(v) for v in values):
-                feature.bytes_list.value.extend(
-                    _decode_b64(v, key) if _is_b64(v) else v.encode("utf-8") for v in values)
-            else:
-                raise status.invalid_argument(f"Feature '{key}' mixes value types or is not a "
-                                              "number, string or {\"b64\": ...}")
+    def _regress(self, name, version, label, document):
+        request = self._p.regression_pb2.RegressionRequest()
+        self._model_spec(request.model_spec, name, version, label)
+        request.model_spec.signature_name = document.get("signature_name", "")
+        json_tensor.fill_example_input(document, request.input)
+        response = self._handler.regress(request, api="rest")
+        if not response.result.regressions:
+            raise status.invalid_argument("Cannot convert empty RegressionResults to JSON")
+        return {"results": [json_tensor.Decimal(r.value, True) for r in response.result.regressions]}
 
     def _status(self, name, version, label):
         request = self._p.get_model_status_pb2.GetModelStatusRequest()

@@ -97,7 +97,12 @@ def numpy_dtype(dtype: int) -> np.dtype:
         raise TensorConversionError(f"unsupported tensor dtype {dtype_name(dtype)}") from None
 
 
-def _dtype_from_numpy(array: np.ndarray) -> int:
+def dtype_of(array: np.ndarray) -> int:
+    """Returns the DataType enum value for a numpy array's dtype.
+
+    Raises:
+        TensorConversionError: no TensorFlow dtype matches.
+    """
     if array.dtype.kind in ("O", "S", "U"):
         return DT_STRING
     for dtype, np_dtype in _NUMPY_BY_DTYPE.items():
@@ -176,7 +181,7 @@ def to_tensor_proto(values, tensor_proto_cls, dtype: int = None, *, as_content: 
     else:
         array = np.asarray(values)
     if dtype is None:
-        dtype = _dtype_from_numpy(array)
+        dtype = dtype_of(array)
     proto = tensor_proto_cls(dtype=dtype)
     for size in array.shape:
         proto.tensor_shape.dim.add(size=size)
