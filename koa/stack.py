@@ -95,7 +95,9 @@ def up(project_dir: str = ".", grpc_port: int = 8500, rest_port: int = 8501,
         server = processes.ChildProcess("model server", [
             sys.executable, "-m", "serving", f"--port={grpc_port}",
             f"--rest_api_port={rest_port}", f"--model_name={configs.MODEL_NAME}",
-            f"--model_base_path={base_path}"])
+            f"--model_base_path={base_path}",
+            # Only this machine's web UI talks to the model server.
+            "--bind_address=127.0.0.1"])
         children.append(server)
         status_url = f"http://localhost:{rest_port}/v1/models/{configs.MODEL_NAME}"
         server.wait_until(lambda: b'"AVAILABLE"' in urllib.request.urlopen(

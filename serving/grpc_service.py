@@ -1,7 +1,7 @@
 """gRPC servicers for ``tensorflow.serving.PredictionService`` and ``ModelService``.
 
-HandleReloadConfigRequest is not implemented here and answers UNIMPLEMENTED
-(the generated base class's behaviour).
+HandleReloadConfigRequest is served when the server passes ``reload_config``
+(otherwise it answers UNIMPLEMENTED, the generated base class's behaviour).
 """
 
 import logging

@@ -8,11 +8,15 @@ mapping replaced in one assignment, only after the new version has loaded;
 a request holds a reference to the version it resolved, so it completes even
 if that version is unloaded meanwhile.
 
-A version whose load fails (corrupt, or half-written while a push is in
-progress) is reported in GetModelStatus with its error and skipped: the policy
-falls back to the next-highest version that loads, so the previous version
-keeps serving. It is retried as soon as the directory's contents change, and
-otherwise up to ``max_num_load_retries`` times, ``load_retry_interval`` apart.
+A version whose load fails, whatever the reason (truncated ``saved_model.pb``
+or variables, missing files, unreadable files, a copy still in progress, or
+any exception the loader raises), is reported in GetModelStatus as END with
+its error and skipped: the policy falls back to the next-highest version that
+loads, so the previous version keeps serving. It is retried as soon as the
+directory's contents change, and otherwise up to ``max_num_load_retries``
+times, ``load_retry_interval`` apart. Nothing a version directory holds can
+stop the poller: every poll step is guarded, failures are logged and the next
+poll runs as scheduled.
 """
 
 import logging
@@ -27,7 +31,7 @@ import grpc
 
 from serving import status
 from serving.server_config import ServedModelConfig
-from serving.servable import Servable, ServableLoadError
+from serving.servable import Servable
 
 _LOG = logging.getLogger(__name__)
 
@@ -43,6 +47,12 @@ class VersionState:
     state: int
     error_code: grpc.StatusCode = grpc.StatusCode.OK
     error_message: str = ""
+
+
+def _describe(error: Exception, path: str) -> str:
+    """The GetModelStatus message for an exception the loader did not classify."""
+    text = str(error) or type(error).__name__
+    return f"Failed to load SavedModel from {path}: {text}"
 
 
 @dataclass
@@ -67,15 +77,25 @@ def _fingerprint(path: str) -> tuple:
     return tuple(entries)
 
 
+_MAX_VERSION = 2 ** 63 - 1  # versions are int64, as in TensorFlow Serving
+
+
 def scan_versions(base_path: str) -> dict:
-    """Returns {version: path} for the version directories under a base path."""
+    """Returns {version: path} for the version directories under a base path.
+
+    Names that are not a non-negative int64 in ASCII digits are ignored, as
+    TensorFlow Serving's file-system source ignores them; an unreadable base
+    path gives {}.
+    """
     try:
         names = os.listdir(base_path)
     except OSError:
         return {}
     versions = {}
     for name in names:
-        if name.isdigit() and os.path.isdir(os.path.join(base_path, name)):
+        if not (name.isascii() and name.isdigit()) or int(name) > _MAX_VERSION:
+            continue
+        if os.path.isdir(os.path.join(base_path, name)):
             versions[int(name)] = os.path.join(base_path, name)
     return versions
 
@@ -85,6 +105,7 @@ class ManagedModel:
 
     def __init__(self, config: ServedModelConfig, *, max_num_load_retries: int, load_retry_interval: float,
                  servable_factory: Callable = Servable, on_change: Optional[Callable] = None):
+        # A reload may replace the config (policy, labels) of a running model.
         self.config = config
         self._max_retries = max_num_load_retries
         self._retry_interval = load_retry_interval
@@ -179,13 +200,19 @@ class ManagedModel:
         started = time.monotonic()
         try:
             servable = self._factory(self.name, version, path)
-        except ServableLoadError as e:
+        except Exception as e:  # noqa: BLE001 -- any loader failure must end in a reported state
+            # ServableLoadError and WarmupError carry a status code; anything
+            # else is an unexpected loader failure, reported as UNKNOWN.
+            classified = isinstance(getattr(e, "code", None), grpc.StatusCode)
+            code = e.code if classified else grpc.StatusCode.UNKNOWN
+            message = str(e) if classified else _describe(e, path)
             failure = self._failures.get(version)
             attempts = 1 if failure is None or failure.fingerprint != fingerprint else failure.attempts + 1
             self._failures[version] = _Failure(fingerprint, attempts, time.monotonic())
             _LOG.error("Loading servable: {name: %s version: %d} failed: %s (attempt %d; it is "
-                       "retried when %s changes)", self.name, version, e, attempts, path)
-            self._set_state(VersionState(version, END, e.code, str(e)))
+                       "retried when %s changes)", self.name, version, message, attempts, path,
+                       exc_info=not classified)
+            self._set_state(VersionState(version, END, code, message))
             return False
         self._failures.pop(version, None)
         available[version] = servable
@@ -203,6 +230,12 @@ class ManagedModel:
         del available[version]
         self._publish(available)
         self._set_state(VersionState(version, END))
+
+    def unload_all(self):
+        """Unloads every version (the model was removed from the config)."""
+        available = dict(self._available)
+        for version in sorted(available):
+            self._unload(version, available)
 
     def _publish(self, available: dict):
         self._available = MappingProxyType(dict(available))
@@ -239,20 +272,51 @@ class ManagedModel:
         return available[max(available)]
 
 
+def _model_spec_request(model_spec) -> tuple:
+    """Returns (name, version or None, label or None) of a ModelSpec.
+
+    Raises:
+        status.ServingStatusError: INVALID_ARGUMENT for a ModelSpec without a
+            name, in TensorFlow Serving's words.
+    """
+    if not model_spec.name:
+        raise status.invalid_argument("ModelSpec has no name specified.")
+    choice = model_spec.WhichOneof("version_choice")
+    version = model_spec.version.value if choice == "version" else None
+    label = model_spec.version_label if choice == "version_label" else None
+    return model_spec.name, version, label
+
+
 class ModelManager:
-    """All configured models, and the poller that keeps them up to date."""
+    """All configured models, and the poller that keeps them up to date.
+
+    Args:
+        configs: the :class:`ServedModelConfig` of each model.
+        poll_wait_seconds: seconds between polls of the base paths; 0 polls
+            only at start-up and on :meth:`reload`.
+        max_num_load_retries: retries of an unchanged failed version.
+        load_retry_interval: seconds between those retries.
+        allow_unavailable_labels: labels may name versions that are not loaded.
+        on_change: called with (model name, sorted loaded versions) on each swap.
+        servable_factory: ``(name, version, path) -> Servable``; raises on a bad version.
+        warmup: called with each freshly loaded servable before it serves; an
+            exception fails that version's load (``--enable_model_warmup``).
+    """
 
     def __init__(self, configs: list, *, poll_wait_seconds: float, max_num_load_retries: int = 5,
                  load_retry_interval: float = 60.0, allow_unavailable_labels: bool = False,
-                 on_change: Optional[Callable] = None, servable_factory: Callable = Servable):
-        self.models = {
-            c.name: ManagedModel(c, max_num_load_retries=max_num_load_retries,
-                                 load_retry_interval=load_retry_interval,
-                                 servable_factory=servable_factory, on_change=on_change)
-            for c in configs
-        }
+                 on_change: Optional[Callable] = None, servable_factory: Callable = Servable,
+                 warmup: Optional[Callable] = None):
+        self._model_args = dict(max_num_load_retries=max_num_load_retries,
+                                load_retry_interval=load_retry_interval,
+                                servable_factory=_with_warmup(servable_factory, warmup),
+                                on_change=on_change)
+        # Replaced as a whole on reload, so a request sees one consistent mapping.
+        self.models = {c.name: ManagedModel(c, **self._model_args) for c in configs}
         self._poll_wait = poll_wait_seconds
         self._allow_unavailable_labels = allow_unavailable_labels
+        # Polls and reloads never run at the same time.
+        self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread = None
 
@@ -262,41 +326,96 @@ class ModelManager:
         return self._stop.is_set()
 
     def poll_once(self):
-        """Polls every model's base path once."""
-        for model in self.models.values():
-            try:
-                model.poll()
-            except OSError as e:
-                _LOG.error("Polling %s failed: %s", model.config.base_path, e)
+        """Polls every model's base path once.
 
-    def load_initial(self, wait_seconds: float = 1.0) -> list:
-        """Loads the initial versions, waiting until every model has one.
+        Never raises: a failure of one model's poll is logged and the other
+        models are still polled (the poller thread must survive anything a
+        base path holds).
+        """
+        with self._lock:
+            for model in list(self.models.values()):
+                try:
+                    model.poll()
+                except Exception:  # noqa: BLE001 -- logged; the next poll retries
+                    _LOG.exception("Polling %s for servable %s failed", model.config.base_path, model.name)
+
+    def _wait_for_versions(self, models: list):
+        """Polls until each of ``models`` has a version or found none to try."""
+        while not self._stop.is_set():
+            self.poll_once()
+            empty = [m for m in models if not m.available() and not scan_versions(m.config.base_path)]
+            if not empty:
+                return
+            self._stop.wait(1.0)
+
+    def load_initial(self) -> list:
+        """Loads the initial versions.
 
         Like tensorflow_model_server, start-up waits while a base path holds no
-        version at all, and fails if versions exist but none loads.
+        version at all; a model whose versions all fail to load is reported
+        (and keeps being polled) without holding back the other models.
 
         Returns:
             Names of the models that have no available version after their
             versions were tried (empty on success).
         """
-        while not self._stop.is_set():
-            self.poll_once()
-            empty = [m for m in self.models.values()
-                     if not m.available() and not scan_versions(m.config.base_path)]
-            if not empty:
-                break
-            self._stop.wait(wait_seconds)
-        return [m.name for m in self.models.values() if not m.available()]
+        models = list(self.models.values())
+        self._wait_for_versions(models)
+        return [m.name for m in models if not m.available()]
 
-    def check_labels(self) -> list:
-        """Returns problems with version labels that point at unloaded versions."""
+    def label_problems(self, models: Optional[list] = None) -> list:
+        """Returns TensorFlow Serving's error for each label naming an unavailable version.
+
+        Empty when ``allow_unavailable_labels`` is set.
+        """
+        if self._allow_unavailable_labels:
+            return []
         problems = []
-        for model in self.models.values():
-            for label, version in model.config.labels.items():
-                if version not in model.available() and not self._allow_unavailable_labels:
-                    problems.append(f"label '{label}' of model '{model.name}' points at version "
-                                    f"{version}, which is not available")
+        for model in models if models is not None else self.models.values():
+            for version in sorted(set(model.config.labels.values())):
+                if version not in model.available():
+                    problems.append(f"Request to assign label to version {version} of model "
+                                    f"{model.name}, which is not currently available for inference")
         return problems
+
+    def reload(self, configs: list) -> list:
+        """Replaces the served model set, as TensorFlow Serving's ReloadConfig does.
+
+        Models no longer listed are unloaded; new models are loaded (waiting,
+        like start-up, while their base path is empty); kept models take the
+        new version policy and labels, applied by an immediate poll.
+
+        Args:
+            configs: the new :class:`ServedModelConfig` list (already validated).
+
+        Returns:
+            Problems to report to the caller (models that did not become
+            available, labels naming unavailable versions); empty on success.
+            The new config is in effect either way.
+        """
+        with self._lock:
+            old = self.models
+            models = {}
+            added = []
+            for config in configs:
+                model = old.get(config.name)
+                if model is None:
+                    model = ManagedModel(config, **self._model_args)
+                    added.append(model)
+                else:
+                    model.config = config
+                models[config.name] = model
+            self.models = models
+            for name in set(old) - set(models):
+                _LOG.info("Removing servable %s from the served models", name)
+                old[name].unload_all()
+            _LOG.info("Adding/updating models: %s", ", ".join(models) or "(none)")
+            self._wait_for_versions(list(models.values()))
+            problems = [f"{{name: {m.name}}} did not become available" for m in added if not m.available()]
+            if problems:
+                problems = [f"{len(problems)} model(s) did not become available: {{" +
+                            ", ".join(problems) + "}"]
+            return problems + self.label_problems(list(models.values()))
 
     def start_polling(self):
         """Starts the background poller (no-op if the poll interval is 0)."""
@@ -319,14 +438,14 @@ class ModelManager:
         """Returns the servable for a ``ModelSpec`` proto.
 
         Raises:
-            status.ServingStatusError: unknown model, version or label.
+            status.ServingStatusError: INVALID_ARGUMENT for a ModelSpec without
+                a name or an unknown label, NOT_FOUND for an unknown model or
+                version (TensorFlow Serving's texts).
         """
-        model = self.models.get(model_spec.name)
-        choice = model_spec.WhichOneof("version_choice")
-        version = model_spec.version.value if choice == "version" else None
-        label = model_spec.version_label if choice == "version_label" else None
+        name, version, label = _model_spec_request(model_spec)
+        model = self.models.get(name)
         if model is None:
-            request = f"Specific({model_spec.name}, {version})" if version is not None else f"Latest({model_spec.name})"
+            request = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
             raise status.not_found(f"Servable not found for request: {request}")
         return model.resolve(version, label, self._allow_unavailable_labels)
 
@@ -354,3 +473,16 @@ class ModelManager:
         if not matching:
             raise status.not_found(f"Could not find version {version} of model {model_spec.name}")
         return matching
+
+
+def _with_warmup(factory: Callable, warmup: Optional[Callable]) -> Callable:
+    """Wraps a servable factory so that each servable is warmed up before it serves."""
+    if warmup is None:
+        return factory
+
+    def load_and_warm_up(name, version, path):
+        servable = factory(name, version, path)
+        warmup(servable)
+        return servable
+
+    return load_and_warm_up

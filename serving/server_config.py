@@ -9,6 +9,8 @@ depends on names), so the same files work with both servers.
 """
 
 import logging
+import os
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -19,6 +21,7 @@ from serving import protos
 _LOG = logging.getLogger(__name__)
 
 DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"
+TENSORFLOW_PLATFORM = "tensorflow"
 
 
 class ServerConfigError(ValueError):
@@ -69,6 +72,15 @@ class MonitoringConfig:
     prometheus_path: str = DEFAULT_PROMETHEUS_PATH
 
 
+def read_text(path: str) -> str:
+    """Returns a config file's text.
+
+    Raises:
+        ServerConfigError: the file cannot be read.
+    """
+    return _read(path, "config file")
+
+
 def _read(path: str, what: str) -> str:
     try:
         with open(path, encoding="utf-8") as f:
@@ -85,9 +97,101 @@ def _parse_text(text: str, message, path: str):
     return message
 
 
-def single_model_config(name: str, base_path: str) -> ServedModelConfig:
-    """Returns the config for ``--model_name``/``--model_base_path``."""
-    return ServedModelConfig(name=name, base_path=base_path)
+def single_model_config(name: str, base_path: str) -> list:
+    """Returns the model configs for ``--model_name``/``--model_base_path``.
+
+    Raises:
+        ServerConfigError: the base path is relative (TensorFlow Serving
+            validates the flags' config like a config file's).
+    """
+    config = protos.load().model_server_config_pb2.ModelServerConfig()
+    config.model_config_list.config.add(name=name, base_path=base_path, model_platform=TENSORFLOW_PLATFORM)
+    return models_from_proto(config)
+
+
+def _is_relative(uri: str) -> bool:
+    """True for a plain relative path (no scheme such as ``gs://``, not absolute)."""
+    parsed = urllib.parse.urlsplit(uri)
+    return not parsed.scheme and not parsed.netloc and not os.path.isabs(uri)
+
+
+def _platform(model, where: str) -> str:
+    """The model's platform, resolving the deprecated ``model_type`` as TF Serving does."""
+    if model.model_type:  # ModelType.TENSORFLOW == 1; 0 is unspecified
+        _LOG.warning("Deprecated ModelServerConfig::model_type field used. "
+                     "Prefer ModelServerConfig::model_platform.")
+        if model.model_platform:
+            raise ServerConfigError(f"{where}Illegal setting both ModelServerConfig::model_type "
+                                    "(deprecated) and ModelServerConfig::model_platform.")
+        if model.model_type != 1:
+            raise ServerConfigError(f"{where}ModelServerConfig::model_type choice "
+                                    f"{model.model_type} not supported.")
+        return TENSORFLOW_PLATFORM
+    if not model.model_platform:
+        raise ServerConfigError(f"{where}Illegal setting neither ModelServerConfig::model_type "
+                                "(deprecated) nor ModelServerConfig::model_platform.")
+    return model.model_platform
+
+
+def models_from_proto(config, source: str = "") -> list:
+    """Validates a ``ModelServerConfig`` message and returns its model configs.
+
+    The checks and their texts are TensorFlow Serving's (``ServerCore::ReloadConfig``):
+    only a ``model_config_list`` is served, names are unique, base paths are
+    absolute paths or URIs, and every model names the ``tensorflow`` platform.
+    A config with no models is valid and serves nothing.
+
+    Args:
+        config: a ``tensorflow.serving.ModelServerConfig``.
+        source: where the config came from, prefixed to error messages.
+
+    Returns:
+        A list of :class:`ServedModelConfig`, in config order.
+
+    Raises:
+        ServerConfigError: the config is one TensorFlow Serving rejects.
+    """
+    where = f"'{source}': " if source else ""
+    choice = config.WhichOneof("config")
+    if choice == "custom_model_config":
+        raise ServerConfigError(f"{where}ModelServer does not yet support custom model config.")
+    if choice is None:
+        _LOG.info("Taking no action for empty config.")
+        return []
+    configs = config.model_config_list.config
+    names = set()
+    for model in configs:
+        if model.name in names:
+            raise ServerConfigError(f"{where}Illegal to list model {model.name} multiple times in config list")
+        names.add(model.name)
+    for model in configs:
+        if _is_relative(model.base_path):
+            raise ServerConfigError(f"{where}Expected model {model.name} to have an absolute path or URI; "
+                                    f"got base_path()={model.base_path}")
+    models = []
+    for model in configs:
+        platform = _platform(model, where)
+        if platform != TENSORFLOW_PLATFORM:
+            raise ServerConfigError(f"{where}Model {model.name} requests unsupported platform {platform}")
+        if not model.name:
+            raise ServerConfigError(f"{where}a model config has no name (base_path {model.base_path})")
+        if urllib.parse.urlsplit(model.base_path).scheme:
+            raise ServerConfigError(f"{where}model {model.name}: base_path {model.base_path} is a URI; "
+                                    "this server reads local paths only")
+        choice = model.model_version_policy.WhichOneof("policy_choice")
+        if choice == "all":
+            policy = VersionPolicy(kind="all")
+        elif choice == "specific":
+            if not model.model_version_policy.specific.versions:
+                raise ServerConfigError(f"{where}model '{model.name}' has an empty specific policy")
+            policy = VersionPolicy(kind="specific",
+                                   versions=frozenset(model.model_version_policy.specific.versions))
+        else:
+            num = model.model_version_policy.latest.num_versions if choice == "latest" else 1
+            policy = VersionPolicy(kind="latest", num_versions=max(1, num))
+        models.append(ServedModelConfig(name=model.name, base_path=model.base_path, policy=policy,
+                                        labels=dict(model.version_labels)))
+    return models
 
 
 def read_model_server_config(path: str) -> list:
@@ -97,41 +201,16 @@ def read_model_server_config(path: str) -> list:
         path: the ``--model_config_file``.
 
     Returns:
-        A list of :class:`ServedModelConfig`, in file order.
+        A list of :class:`ServedModelConfig`, in file order (empty for an
+        empty config, which TensorFlow Serving accepts).
 
     Raises:
-        ServerConfigError: unreadable file, bad syntax, a custom config, a model
-            without name or base path, a duplicate name, or a non-TensorFlow platform.
+        ServerConfigError: unreadable file, bad syntax, or a config that
+            :func:`models_from_proto` rejects.
     """
     pb2 = protos.load().model_server_config_pb2
     config = _parse_text(_read(path, "model config file"), pb2.ModelServerConfig(), path)
-    if config.WhichOneof("config") != "model_config_list":
-        raise ServerConfigError(f"'{path}': only model_config_list is supported, not custom_model_config")
-    models = []
-    for model in config.model_config_list.config:
-        if not model.name or not model.base_path:
-            raise ServerConfigError(f"'{path}': every config needs a name and a base_path, got {model}")
-        if model.model_platform not in ("", "tensorflow"):
-            raise ServerConfigError(f"'{path}': model '{model.name}' has platform "
-                              f"'{model.model_platform}'; only 'tensorflow' is served")
-        if any(m.name == model.name for m in models):
-            raise ServerConfigError(f"'{path}': model '{model.name}' is configured twice")
-        choice = model.model_version_policy.WhichOneof("policy_choice")
-        if choice == "all":
-            policy = VersionPolicy(kind="all")
-        elif choice == "specific":
-            if not model.model_version_policy.specific.versions:
-                raise ServerConfigError(f"'{path}': model '{model.name}' has an empty specific policy")
-            policy = VersionPolicy(kind="specific",
-                                   versions=frozenset(model.model_version_policy.specific.versions))
-        else:
-            num = model.model_version_policy.latest.num_versions if choice == "latest" else 1
-            policy = VersionPolicy(kind="latest", num_versions=max(1, num))
-        models.append(ServedModelConfig(name=model.name, base_path=model.base_path, policy=policy,
-                                  labels=dict(model.version_labels)))
-    if not models:
-        raise ServerConfigError(f"'{path}': no models configured")
-    return models
+    return models_from_proto(config, path)
 
 
 _EXTRA_POOL = None

@@ -17,7 +17,8 @@ from typing import Optional
 import grpc
 import pytest
 
-from serving_fixtures import OVERSIZE_LIMIT_BYTES, ServerProcess, start_server
+from serving_fixtures import (LINEAR_VERSIONS, OVERSIZE_LIMIT_BYTES, ServerProcess, start_server,
+                              write_linear_model)
 
 
 @dataclass
@@ -42,6 +43,17 @@ def models_dir(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("models"))
     example_model.write_conformance_models(root)
     return root
+
+
+@pytest.fixture(scope="session")
+def linear_models(tmp_path_factory):
+    """{version: SavedModel directory} of the linear test model's versions (LINEAR_VERSIONS)."""
+    root = tmp_path_factory.mktemp("linear")
+    paths = {}
+    for version, (slope, intercept) in LINEAR_VERSIONS.items():
+        paths[version] = str(root / str(version))
+        write_linear_model(paths[version], slope, intercept)
+    return paths
 
 
 @pytest.fixture(scope="session")

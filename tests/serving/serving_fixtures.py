@@ -15,6 +15,8 @@ from koa.processes import ChildProcess, StartError, free_port  # noqa: F401 (fre
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Small enough for 2 cores, large enough to exercise the 1 MB message limit.
 OVERSIZE_LIMIT_BYTES = 1024 * 1024
+# Versions of the linear test model -> (slope, intercept): each answers differently.
+LINEAR_VERSIONS = {1: (0.5, 2.0), 2: (0.5, 3.0), 3: (2.0, 1.0)}
 
 
 def png_bytes(seed: int, size: int = 48, bits: int = 8) -> bytes:
@@ -67,3 +69,24 @@ def start_server(tmp_path, args: list) -> tuple:
     return process, target, f"http://localhost:{rest_port}"
 
 
+
+
+def write_linear_model(export_dir: str, slope: float, intercept: float):
+    """Writes a tiny real SavedModel: ``serving_default`` maps ``x`` float [N] to
+    ``y = slope * x + intercept`` (plus an unused 16 kB variable, so that its
+    variables file is worth damaging in tests)."""
+    import tensorflow as tf
+
+    class Linear(tf.Module):
+        def __init__(self):
+            super().__init__()
+            self.slope = tf.Variable(slope, dtype=tf.float32)
+            self.intercept = tf.Variable(intercept, dtype=tf.float32)
+            self.unused = tf.Variable(tf.range(4096, dtype=tf.float32))
+
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+        def serve(self, x):
+            return {"y": x * self.slope + self.intercept}
+
+    module = Linear()
+    tf.saved_model.save(module, export_dir, signatures={"serving_default": module.serve})

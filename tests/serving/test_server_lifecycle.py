@@ -17,6 +17,7 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import text_format
 
 from components import features
 from serving import protos, tensors
@@ -171,10 +172,10 @@ def test_shutdown_drains_in_flight_requests(tmp_path, models_dir, reference):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--model_base_path=/tmp/x", "--no_such_flag=1"], "unknown argument: --no_such_flag=1"),
-    (["--model_base_path=/tmp/x", "--port", "8500"], "unknown argument: --port"),
     (["--model_base_path=/tmp/x", "--port=eighty"], "Couldn't interpret value eighty for flag port"),
-    (["--port=8500"], "one of --model_base_path or --model_config_file is required"),
+    (["--port=8500"], "Both server_options.model_base_path and server_options.model_config_file are empty!"),
+    (["--model_base_path=/tmp/x", "--ssl_config_file=/etc/ssl.config"],
+     "--ssl_config_file=/etc/ssl.config is not supported by this server"),
 ])
 def test_bad_command_line_is_an_error(args, message):
     result = subprocess.run([sys.executable, "-m", "serving", *args], cwd=REPO_ROOT, capture_output=True,
@@ -188,8 +189,111 @@ def test_unloadable_model_fails_start_up(tmp_path):
     (tmp_path / "koa" / "1").mkdir(parents=True)
     (tmp_path / "koa" / "1" / "saved_model.pb").write_bytes(b"junk")
     result = subprocess.run(
-        [sys.executable, "-m", "serving", "--port=0", f"--model_base_path={tmp_path / 'koa'}"],
+        [sys.executable, "-m", "serving", "--port=0", f"--grpc_socket_path={tmp_path / 'grpc.sock'}",
+         f"--model_base_path={tmp_path / 'koa'}"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
         env=dict(os.environ, PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="3"))
     assert result.returncode == 1
     assert "Some models did not become available: {default}" in result.stderr
+
+
+def _linear_predict(p, stub, name="linear", x=4.0):
+    request = p.predict_pb2.PredictRequest()
+    request.model_spec.name = name
+    request.inputs["x"].CopyFrom(tensors.to_tensor_proto(np.array([x], dtype=np.float32),
+                                                         p.tensor_pb2.TensorProto))
+    response = stub.Predict(request, timeout=30)
+    return response.model_spec.version.value, list(response.outputs["y"].float_val)
+
+
+def _config_text(models: dict) -> str:
+    entries = "".join(f'  config {{ name: "{name}" base_path: "{path}" model_platform: "tensorflow" }}\n'
+                      for name, path in models.items())
+    return f"model_config_list {{\n{entries}}}\n"
+
+
+def _model_names(p, channel, names) -> dict:
+    """{name: sorted AVAILABLE versions, or the NOT_FOUND code} for each model."""
+    stub = p.model_service_pb2_grpc.ModelServiceStub(channel)
+    result = {}
+    for name in names:
+        request = p.get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = name
+        try:
+            response = stub.GetModelStatus(request, timeout=10)
+        except grpc.RpcError as e:
+            result[name] = e.code()
+            continue
+        result[name] = sorted(s.version for s in response.model_version_status if s.state == 30)
+    return result
+
+
+def _wait_until(condition, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.2)
+
+
+def test_model_config_reload_by_request_and_by_file_poll(tmp_path, linear_models):
+    """HandleReloadConfigRequest and --model_config_file_poll_wait_seconds add and remove
+    models; a config TensorFlow Serving rejects changes nothing; unknown arguments
+    and a UNIX socket work as tensorflow_model_server's do."""
+    p = protos.load()
+    from tensorflow_serving.apis import model_management_pb2  # imported by protos.load()
+
+    bases = {}
+    for name, version in (("linear", 1), ("other", 3)):
+        bases[name] = tmp_path / name
+        shutil.copytree(linear_models[version], bases[name] / str(version))
+    config = tmp_path / "models.config"
+    config.write_text(_config_text({"linear": bases["linear"]}))
+    socket_path = tmp_path / "grpc.sock"
+    process, target, _ = start_server(tmp_path, [
+        f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1",
+        f"--grpc_socket_path={socket_path}", "--no_such_flag=1"])
+    model_service = p.model_service_pb2_grpc.ModelServiceStub
+    try:
+        assert "unknown argument: --no_such_flag=1" in process.log()
+        with grpc.insecure_channel(f"unix:{socket_path}") as channel:
+            stub = p.prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            assert _linear_predict(p, stub) == (1, [4.0])
+
+        with grpc.insecure_channel(target) as channel:
+            stub = p.prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            reload = model_management_pb2.ReloadConfigRequest()
+            text_format.Parse(_config_text({"linear": bases["linear"], "other": bases["other"]}), reload.config)
+            response = model_service(channel).HandleReloadConfigRequest(reload, timeout=120)
+            assert response.status.error_code == 0
+            assert _model_names(p, channel, ["linear", "other"]) == {"linear": [1], "other": [3]}
+            assert _linear_predict(p, stub, "other") == (3, [9.0])
+
+            for text, message in [
+                ('model_config_list { config { name: "x" base_path: "relative/x" model_platform: "tensorflow" } }',
+                 "Expected model x to have an absolute path or URI; got base_path()=relative/x"),
+                ("custom_model_config {}", "ServerModelConfig type not supported by "
+                                           "HandleReloadConfigRequest. Only ModelConfigList is currently supported"),
+            ]:
+                bad = model_management_pb2.ReloadConfigRequest()
+                text_format.Parse(text, bad.config)
+                with pytest.raises(grpc.RpcError) as info:
+                    model_service(channel).HandleReloadConfigRequest(bad, timeout=30)
+                assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert info.value.details() == message
+            assert _model_names(p, channel, ["linear", "other"]) == {"linear": [1], "other": [3]}
+
+            # The config file changes: the poller applies it (linear is removed).
+            config.write_text(_config_text({"other": bases["other"]}))
+            _wait_until(lambda: _model_names(p, channel, ["linear"])["linear"] == grpc.StatusCode.NOT_FOUND)
+            assert _linear_predict(p, stub, "other") == (3, [9.0])
+            with pytest.raises(grpc.RpcError) as info:
+                _linear_predict(p, stub, "linear")
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+            # A ModelSpec without a name is refused in TensorFlow Serving's words.
+            with pytest.raises(grpc.RpcError) as info:
+                _linear_predict(p, stub, "")
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert info.value.details() == "ModelSpec has no name specified."
+    finally:
+        assert process.stop() == 0, process.log()[-3000:]
