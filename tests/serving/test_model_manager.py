@@ -7,7 +7,7 @@ import grpc
 import numpy as np
 import pytest
 
-from serving import protos
+from serving import protos, warmup
 from serving.server_config import ServedModelConfig, VersionPolicy
 from serving.model_manager import AVAILABLE, END, ModelManager
 from serving.servable import Servable
@@ -156,3 +156,56 @@ def test_removed_version_is_unloaded_and_non_numeric_dirs_ignored(base, models_d
     manager.poll_once()
 
     assert manager.resolve(_spec()).version == 1
+
+
+def _linear_request(x: float, input_name: str = "x"):
+    p = protos.load()
+    request = p.predict_pb2.PredictRequest()
+    request.model_spec.name = "linear"
+    request.inputs[input_name].CopyFrom(p.tensor_pb2.TensorProto(
+        dtype=1, float_val=[x], tensor_shape={"dim": [{"size": 1}]}))
+    return request
+
+
+def _linear_copy(linear_models, base, version):
+    shutil.copytree(linear_models[version], base / str(version))
+    return str(base / str(version))
+
+
+def test_warmup_replays_the_recorded_requests(tmp_path, linear_models):
+    export_dir = _linear_copy(linear_models, tmp_path, 1)
+    path = warmup.write_warmup_requests(export_dir, [_linear_request(1.0), _linear_request(2.0)])
+    assert path.endswith(os.path.join("assets.extra", "tf_serving_warmup_requests"))
+    servable = Servable("linear", 1, export_dir)
+
+    assert warmup.run_warmup(servable, num_request_iterations=3) == 2
+    # A SavedModel without a warmup file loads as before.
+    assert warmup.run_warmup(Servable("linear", 2, linear_models[2])) == 0
+
+
+@pytest.mark.parametrize("content, code, text", [
+    ("bad_request", grpc.StatusCode.INVALID_ARGUMENT, "Warmup request 0 (predict_log) failed"),
+    ("not_tfrecord", grpc.StatusCode.DATA_LOSS, "Please verify your warmup data is in TFRecord format."),
+])
+def test_version_whose_warmup_fails_does_not_serve(tmp_path, linear_models, content, code, text):
+    base = tmp_path / "linear"
+    _linear_copy(linear_models, base, 1)
+    export_dir = _linear_copy(linear_models, base, 2)
+    if content == "bad_request":
+        warmup.write_warmup_requests(export_dir, [_linear_request(1.0, input_name="no_such_input")])
+    else:
+        os.makedirs(os.path.join(export_dir, "assets.extra"))
+        with open(warmup.warmup_path(export_dir), "wb") as f:
+            f.write(b"these bytes are not TFRecord framing at all, " * 4)
+    manager = ModelManager([ServedModelConfig("linear", str(base))], poll_wait_seconds=0,
+                           load_retry_interval=3600,
+                           warmup=lambda s: warmup.run_warmup(s, num_request_iterations=1))
+
+    assert manager.load_initial() == []
+
+    spec = protos.load().model_pb2.ModelSpec(name="linear")
+    assert manager.resolve(spec).version == 1
+    spec.version.value = 2
+    failed = manager.version_states(spec)[0]
+    assert failed.state == END and failed.error_code == code
+    assert text in failed.error_message
