@@ -111,6 +111,42 @@ def _cmd_up(args) -> int:
                     web_port=args.web_port)
 
 
+def _cmd_grade(args) -> int:
+    from koa import grade
+    return grade.run(args.inputs, args.out, server=args.server, model_dir=args.model,
+                     model_name=args.model_name, batch_size=args.batch_size,
+                     timeout=args.timeout)
+
+
+def _cmd_evaluate(args) -> int:
+    from koa import evaluate
+    return evaluate.run(args.data, args.out, server=args.server, model_dir=args.model,
+                        model_name=args.model_name, root=args.root,
+                        batch_size=args.batch_size, timeout=args.timeout)
+
+
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """--server | --model and their options, shared by grade and evaluate."""
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--server", metavar="HOST:PORT",
+                       help="model server gRPC address (default: localhost:8500)")
+    where.add_argument("--model", metavar="DIR",
+                       help="grade with this SavedModel (a version folder, or a model base "
+                            "path: its highest version) in this process; loads TensorFlow")
+    p.add_argument("--model-name", default="koa", help="the served model's name (--server)")
+    p.add_argument("--batch-size", type=_positive_int, default=16,
+                   help="films per model call")
+    p.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds one model server call may take (--server)")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="koa", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true",
@@ -159,6 +195,25 @@ def _parser() -> argparse.ArgumentParser:
                    help="make relative data/weights paths absolute, for `dvc exp run --queue` "
                         "and `--temp` (they run in a copy of the repository)")
     p.set_defaults(func=_cmd_exp_args)
+
+    p = sub.add_parser("grade", help="grade radiograph files and folders into a CSV")
+    p.add_argument("inputs", nargs="+", metavar="FILE|DIR",
+                   help="PNG, JPEG or DICOM files, or folders searched recursively")
+    p.add_argument("--out", required=True, help="the CSV to write (one row per file)")
+    _add_model_arguments(p)
+    p.set_defaults(func=_cmd_grade)
+
+    p = sub.add_parser("evaluate",
+                       help="measure the model on a labelled set of your own films")
+    p.add_argument("--data", required=True, metavar="DIR|CSV",
+                   help="<grade>/ folders (optionally under split folders) or a CSV "
+                        "manifest path,grade — the layouts `koa ingest` reads")
+    p.add_argument("--root", help="folder the manifest's paths are relative to (default: "
+                                  "the manifest's folder)")
+    p.add_argument("--out", help="folder for metrics.json, the confusion matrix (CSV, PNG) "
+                                 "and predictions.csv (default: build/evaluation)")
+    _add_model_arguments(p)
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("compile-kfp", help="compile the pipeline for Kubeflow Pipelines v2")
     p.add_argument("--params", default=configs.PARAMS_FILE)
@@ -227,6 +282,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 # imported cannot have raised its error, so nothing heavy is imported to check.
 _USER_ERRORS = (("components.anomaly_gate", "DataAnomalyError"),
                 ("components.ingestion", "IngestError"),
+                ("components.ingest_sources", "IngestError"),
+                ("koa.grade", "GradeError"),
                 ("components.synthetic", "SyntheticError"),
                 ("koa.processes", "StartError"))
 
