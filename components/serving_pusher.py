@@ -3,7 +3,8 @@
 TFX's Pusher copies files straight into `<base>/<version>/`, so a server polling the
 base path can see a half-copied version, and it records neither the evaluation nor the
 lineage. This component stages the copy in a hidden sibling directory, writes
-`assets.extra/model_card.json` (metrics, training history, lineage), then renames the
+`assets.extra/model_card.json` (metrics, training history, lineage) and `assets.extra/tf_serving_warmup_requests` (one request TF Serving and our
+server replay before the version serves, see `serving/warmup.py`), then renames the
 directory into place in one step. Versions are Unix seconds, always increasing.
 """
 
@@ -23,7 +24,7 @@ from tfx.types.component_spec import ChannelParameter, ComponentSpec, ExecutionP
 from tfx.utils import io_utils
 
 from components import evaluation, export
-from components.features import model_card_path
+from components.features import SERVING_INPUT, SERVING_SIGNATURE, model_card_path
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,48 @@ def _remove(path: str) -> None:
     if fileio.exists(path):
         fileio.rmtree(path)
 
+
+
+# The warmup film: a gray gradient of a typical radiograph's size (pixels), so the
+# first real request finds decoding, resizing and the network already traced.
+_WARMUP_FILM_SIDE = 512
+
+
+def write_warmup_request(export_dir: str, model_name: str) -> bool:
+    """Writes the SavedModel's warmup file: one ``serving_default`` PredictRequest.
+
+    The request carries a synthetic gray PNG. It is run once against the
+    SavedModel first: a model server fails a version whose warmup request fails,
+    so a request the model does not answer is not written (logged instead).
+
+    Args:
+        export_dir: the (staged) SavedModel directory.
+        model_name: the served model's name, recorded in the request's ModelSpec.
+
+    Returns:
+        True when the warmup file was written.
+    """
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from tensorflow_serving.apis import predict_pb2  # pylint: disable=import-outside-toplevel
+
+    from serving import warmup  # pylint: disable=import-outside-toplevel
+
+    ramp = np.linspace(0, 255, _WARMUP_FILM_SIDE, dtype=np.float32)
+    film = ((ramp[:, None] + ramp[None, :]) / 2).astype(np.uint8)[..., None]
+    png = tf.io.encode_png(film).numpy()
+    try:
+        signature = tf.saved_model.load(export_dir).signatures[SERVING_SIGNATURE]
+        signature(**{SERVING_INPUT: tf.constant([png])})
+    except Exception as e:  # noqa: BLE001 -- whatever fails, the film is no warmup request
+        logger.error("no warmup request written: the model does not answer a gray film (%s)", e)
+        return False
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = SERVING_SIGNATURE
+    request.inputs[SERVING_INPUT].CopyFrom(tf.make_tensor_proto([png], dtype=tf.string))
+    warmup.write_warmup_requests(export_dir, [request])
+    return True
 
 
 def _decision(stats: dict) -> dict:
@@ -111,6 +154,7 @@ class Executor(tfx_pusher_executor.Executor):
             fileio.makedirs(os.path.dirname(path))
             with fileio.open(path, "w") as f:
                 f.write(json.dumps(card, indent=2))
+            write_warmup_request(staging, exec_properties["model_name"])
             # Atomic on a local or POSIX filesystem: a polling server sees all or nothing.
             # (Object stores have no atomic rename; TF Serving tolerates that there.)
             fileio.rename(staging, final)
