@@ -20,7 +20,7 @@ def _serving_signatures(model: keras.Model, tf_transform_output, tta: bool) -> D
 
     Needs `post_hoc.fit` to have run: every signature returns calibrated probabilities
     (of the grade-offset logits, averaged with the mirror's under `tta`) and the
-    out-of-distribution score and flag.
+    out-of-distribution score, flag and reason (`ood.judge`).
     """
     # Tracked by the model, so the Transform graph is saved inside the SavedModel.
     model.tft_layer = tf_transform_output.transform_features_layer()
@@ -33,14 +33,13 @@ def _serving_signatures(model: keras.Model, tf_transform_output, tta: bool) -> D
     def outputs(pooled, logits, transformed):
         probabilities = tf.nn.softmax(model.temperature_scaling(model.grade_offsets(logits)))
         grades = tf.range(features.NUM_GRADES, dtype=tf.float32)
-        ood_score = tf.maximum(model.feature_distance(pooled), ood.input_check_score(
-            transformed[features.PIXEL_STD_KEY], transformed[features.CHROMA_KEY]))
+        checks = ood.input_check_ratios(transformed)
+        checks[features.REASON_UNLIKE_TRAINING] = model.feature_distance(pooled)
         return {
             features.PROBABILITIES_OUTPUT: probabilities,
             features.GRADE_OUTPUT: tf.argmax(probabilities, axis=-1),
             features.EXPECTED_GRADE_OUTPUT: tf.reduce_sum(probabilities * grades, axis=-1),
-            features.OOD_SCORE_OUTPUT: ood_score,
-            features.OOD_FLAG_OUTPUT: ood_score > 1.0,
+            **ood.judge(checks),
         }
 
     image_input = tf.TensorSpec([None], tf.string, name=features.SERVING_INPUT)

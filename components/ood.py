@@ -8,30 +8,56 @@ because 1280 feature dimensions meet only a few thousand training images. The th
 a high percentile of the validation knees' distances, so about (100 - percentile)% of real
 validation knees are flagged by construction; everything else is measured.
 
-Two input checks that need no model come first, because a feature distance on a small
-backbone can place a featureless image close to the knees (measured: the tiny synthetic
-model scored blank frames 0.69 of its threshold): a blank frame (the decoded image's pixel
-standard deviation below BLANK_STD) and a colour picture (mean chroma, max - min over
-R, G, B, above COLOUR_CHROMA; radiographs are gray even when stored as RGB). Both are
-measured by the one preprocessing definition on the films the classifier sees
-(`preprocessing.preprocess_with_checks`, part of the Transform graph).
+Input checks that need no model come first, because a feature distance on a small
+backbone can place a featureless or mangled image close to the knees (measured: the tiny
+synthetic model scored blank frames 0.69 of its threshold). Each is measured by the one
+preprocessing definition on the films the classifier sees (`preprocessing.
+preprocess_with_checks`, part of the Transform graph) and has a reason code
+(features.OOD_REASONS):
 
-Exported score: the largest of distance / threshold, BLANK_STD / std and
-chroma / COLOUR_CHROMA, so ≤ 1 is typical of validation knees and > 1 means "flagged, do
-not trust the grade".
+- `blank`: the decoded image's pixel standard deviation below BLANK_STD;
+- `colour`: mean chroma (max - min over R, G, B) above COLOUR_CHROMA; radiographs are gray
+  even when stored as RGB;
+- `too_small`: the film's smaller side below MIN_IMAGE_SIDE pixels (a thumbnail);
+- `inverted`: polarity (middle minus sides across the bones) below POLARITY_FLOOR: bone
+  darker than soft tissue, e.g. a MONOCHROME1 film sent without inversion;
+- `rotated`: profile anisotropy below ANISOTROPY_FLOOR: the bones run horizontally, the
+  film is turned by 90 or 270 degrees.
+
+A film turned by 180 degrees needs no check: the preprocessing puts it right (of its two
+halves the brighter goes on top, in training and serving alike).
+
+Each check is a ratio that is > 1 when it fails. The exported score is the largest of them
+and of the feature distance / threshold (`unlike_training_films`), so <= 1 is typical of
+validation knees and > 1 means "flagged, do not trust the grade"; the reason output names
+every check above 1.
 """
 
 import logging
+from typing import Dict
 
 import numpy as np
 import tensorflow as tf
 from sklearn.covariance import LedoitWolf
+
+from components import features
 
 logger = logging.getLogger(__name__)
 
 _CHUNK = 512  # examples per numpy distance block (keeps [chunk, K, D] small)
 BLANK_STD = 0.02  # pixel std (0..1 scale) under which a frame is blank; knees: > 0.1
 COLOUR_CHROMA = 0.05  # mean max-min over RGB above which a picture is in colour
+# Smaller side (pixels) under which a film is a thumbnail: at 64 px a knee crop's joint
+# space is 2-4 px wide; the issue's thumbnails were 8-32 px.
+MIN_IMAGE_SIDE = 64
+# Polarity and anisotropy (preprocessing._polarity_and_anisotropy) are odd under inversion
+# and a quarter turn: the floors sit just below 0, so a featureless film (both 0) passes.
+# Measured rates on the real films: docs/model.md, "Input checks".
+POLARITY_FLOOR = -0.01
+ANISOTROPY_FLOOR = -0.02
+# Medians on real knee films; a measure at its median scores 0, at its floor 1.
+_POLARITY_TYPICAL = 0.2
+_ANISOTROPY_TYPICAL = 0.7
 
 
 class OodError(ValueError):
@@ -73,18 +99,78 @@ class FeatureDistance(tf.Module):
         return self.distance(features) / self.threshold
 
 
-def input_check_score(pixel_std: tf.Tensor, chroma: tf.Tensor) -> tf.Tensor:
-    """Blank-frame and colour-picture checks, in the graph.
+def _below_floor(value: tf.Tensor, typical: float, floor: float) -> tf.Tensor:
+    """0 at the typical value, 1 at the floor, > 1 below it."""
+    return (typical - value) / (typical - floor)
+
+
+def input_check_ratios(measures: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """The model-free input checks, in the graph, each > 1 when it fails.
 
     Args:
-      pixel_std: float32 [N], gray pixel standard deviation of the decoded film (0..1
-        scale), as `preprocessing.preprocess_with_checks` measures it.
-      chroma: float32 [N], its mean max - min over R, G, B.
+      measures: float32 [N] tensors keyed by features.INPUT_CHECK_KEYS, as
+        `preprocessing.preprocess_with_checks` returns them (other keys are ignored).
 
     Returns:
-      float32 [N]: > 1 when the image is blank or in colour.
+      {reason code (features.REASON_*): float32 [N]}.
+
+    Raises:
+      KeyError: a measure is missing.
     """
-    return tf.maximum(BLANK_STD / tf.maximum(pixel_std, 1e-6), chroma / COLOUR_CHROMA)
+    return {
+        features.REASON_BLANK: BLANK_STD / tf.maximum(measures[features.PIXEL_STD_KEY], 1e-6),
+        features.REASON_COLOUR: measures[features.CHROMA_KEY] / COLOUR_CHROMA,
+        features.REASON_TOO_SMALL: MIN_IMAGE_SIDE / tf.maximum(
+            measures[features.MIN_SIDE_KEY], 1.0),
+        features.REASON_INVERTED: _below_floor(measures[features.POLARITY_KEY],
+                                               _POLARITY_TYPICAL, POLARITY_FLOOR),
+        features.REASON_ROTATED: _below_floor(measures[features.ANISOTROPY_KEY],
+                                              _ANISOTROPY_TYPICAL, ANISOTROPY_FLOOR),
+    }
+
+
+def input_check_score(measures: Dict[str, tf.Tensor]) -> tf.Tensor:
+    """The largest input-check ratio, float32 [N]: > 1 when any check fails.
+
+    Args and errors as `input_check_ratios`.
+    """
+    return tf.reduce_max(tf.stack(list(input_check_ratios(measures).values()), axis=1),
+                         axis=1)
+
+
+def judge(ratios: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
+    """The out-of-distribution outputs of the serving signatures from check ratios.
+
+    Args:
+      ratios: {reason code from features.OOD_REASONS: float32 [N], > 1 when failed}, e.g.
+        `input_check_ratios(...)` plus the feature distance under
+        features.REASON_UNLIKE_TRAINING.
+
+    Returns:
+      {OOD_SCORE_OUTPUT: float32 [N], the largest ratio;
+       OOD_FLAG_OUTPUT: bool [N], score > 1;
+       OOD_REASON_OUTPUT: string [N], the codes of the ratios > 1 joined by "," in the order
+         of features.OOD_REASONS, b"" when none}.
+
+    Raises:
+      ValueError: a code that is not in features.OOD_REASONS, or no ratios.
+    """
+    unknown = set(ratios) - set(features.OOD_REASONS)
+    if unknown or not ratios:
+        raise ValueError(f"check codes must be some of {features.OOD_REASONS}, got "
+                         f"{sorted(ratios)}")
+    codes = [code for code in features.OOD_REASONS if code in ratios]
+    stacked = tf.stack([ratios[code] for code in codes], axis=1)  # [N, K]
+    failed = stacked > 1.0
+    names = tf.broadcast_to(tf.constant(codes), tf.shape(stacked))
+    reasons = tf.strings.reduce_join(tf.ragged.boolean_mask(names, failed), axis=1,
+                                     separator=",")
+    score = tf.reduce_max(stacked, axis=1)
+    return {
+        features.OOD_SCORE_OUTPUT: score,
+        features.OOD_FLAG_OUTPUT: score > 1.0,
+        features.OOD_REASON_OUTPUT: reasons,
+    }
 
 
 def fit(train_features: np.ndarray, train_labels: np.ndarray, eval_features: np.ndarray,

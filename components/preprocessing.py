@@ -1,7 +1,9 @@
 """The one image preprocessing definition: encoded bytes -> model-ready pixels.
 
-Transform's `preprocessing_fn` calls `preprocess_images`, and the exported serving
-signatures run the same Transform graph, so training and serving cannot drift.
+Transform's `preprocessing_fn` calls `preprocess_with_checks`, and the exported serving
+signatures run the same Transform graph, so training and serving cannot drift. Besides the
+model's input it measures what the out-of-distribution input checks (components/ood.py)
+judge: blank frame, colour, size, polarity and orientation.
 
 The shared training radiographs were CLAHE-enhanced by a third party before they reached
 us, while clinicians may upload un-enhanced films with any exposure. The graph therefore
@@ -31,14 +33,52 @@ DEFAULT_EQUALISATION = features.DEFAULT_EQUALISATION
 
 
 _CHROMA_SIZE = 64  # colour is measured on a small copy: a mean needs no detail
+_CHECK_SIZE = 64  # the polarity and orientation measures read a small gray copy too
+
+# A PNG starts with its signature, then the IHDR chunk, whose bit depth is byte 24.
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_BIT_DEPTH_BYTE = 24
+# Full scales a 16-bit PNG's data may use (8- to 16-bit detectors): 2^k - 1.
+_FULL_SCALES = [2 ** k - 1 for k in range(8, 17)]
+
+
+def _is_16_bit_png(image_bytes: tf.Tensor) -> tf.Tensor:
+    """Whether the file is a PNG whose samples are 16-bit (from its IHDR chunk)."""
+    # Padded so that short or empty bytes reach the decoder and its error message.
+    head = tf.strings.substr(image_bytes + b"\0" * (_PNG_BIT_DEPTH_BYTE + 1), 0,
+                             _PNG_BIT_DEPTH_BYTE + 1)
+    depth = tf.io.decode_raw(tf.strings.substr(head, _PNG_BIT_DEPTH_BYTE, 1), tf.uint8)[0]
+    return tf.logical_and(tf.equal(tf.strings.substr(head, 0, 8), _PNG_SIGNATURE),
+                          tf.equal(depth, 16))
+
+
+def _decode_16_bit_png(image_bytes: tf.Tensor) -> tf.Tensor:
+    """A 16-bit PNG mapped to [0, 1] by the full scale of the data it holds.
+
+    Detectors store 10-, 12- or 14-bit data in 16-bit PNGs; dividing by 65535 would squeeze a
+    12-bit film into 1/16 of the range (16 of the equalisation's 256 levels). The full scale
+    is the smallest 2^k - 1 (k = 8..16) at or above the film's maximum, so 8-, 10-, 12- and
+    16-bit copies of one film give the same image; an 8-bit film stored as 16-bit (x 257)
+    keeps 65535.
+    """
+    pixels = tf.io.decode_png(image_bytes, channels=0, dtype=tf.uint16)
+    peak = tf.cast(tf.reduce_max(pixels), tf.int32)
+    scales = tf.constant(_FULL_SCALES, tf.int32)
+    scale = tf.gather(scales, tf.argmax(tf.cast(scales >= peak, tf.int32)))
+    return tf.cast(pixels, tf.float32) / tf.cast(scale, tf.float32)
 
 
 def _decode(image_bytes: tf.Tensor, image_size: int):
-    """One encoded file -> (gray image [S, S, 1] in [0, 1], chroma scalar)."""
-    # dtype=float32 rescales 8- and 16-bit inputs to [0, 1] alike.
-    image = tf.io.decode_image(
-        image_bytes, channels=0, dtype=tf.float32, expand_animations=False
+    """One encoded file -> (gray image [S, S, 1] in [0, 1], chroma scalar, smaller side in
+    pixels scalar, gray copy [_CHECK_SIZE, _CHECK_SIZE] of the whole unpadded film)."""
+    image = tf.cond(
+        _is_16_bit_png(image_bytes),
+        lambda: _decode_16_bit_png(image_bytes),
+        # dtype=float32 rescales 8-bit inputs to [0, 1].
+        lambda: tf.io.decode_image(image_bytes, channels=0, dtype=tf.float32,
+                                   expand_animations=False),
     )
+    image.set_shape([None, None, None])
     channels = tf.shape(image)[-1]
     rgb = image[..., :3]
 
@@ -52,16 +92,56 @@ def _decode(image_bytes: tf.Tensor, image_size: int):
         lambda: tf.image.rgb_to_grayscale(rgb),
         lambda: image[..., :1],
     )
+    min_side = tf.cast(tf.reduce_min(tf.shape(image)[:2]), tf.float32)
+    check_copy = tf.image.resize(image, [_CHECK_SIZE, _CHECK_SIZE], method="area")[..., 0]
+    # A film turned by 180 degrees is put right, not flagged: of the two halves the
+    # brighter goes on top. The rule reads the film itself, so a film and its 180-degree
+    # copy reach the model as the same pixels, in training (Transform) and serving alike;
+    # a film whose lower half is brighter is simply seen turned in both.
+    half = _CHECK_SIZE // 2
+    top_minus_bottom = (tf.reduce_mean(check_copy[:half]) - tf.reduce_mean(check_copy[half:]))
+    image = tf.cond(top_minus_bottom < 0, lambda: tf.reverse(image, [0, 1]), lambda: image)
     image = tf.image.resize_with_pad(
         image, image_size, image_size, antialias=True
     )
-    return tf.clip_by_value(image, 0.0, 1.0), colour
+    return tf.clip_by_value(image, 0.0, 1.0), colour, min_side, check_copy
+
+
+def _polarity_and_anisotropy(small: tf.Tensor):
+    """What a knee PA film's anatomy says about its polarity and orientation.
+
+    The femur and tibia run vertically through the middle of the film, brighter than the
+    soft tissue and air at its sides; the joint space crosses them horizontally. So the
+    column means of an upright film vary much more than its row means (anisotropy > 0;
+    < 0 when turned by 90 or 270 degrees), and along the axis across the bones the middle
+    half is brighter than the outer eighths (polarity > 0; < 0 for an inverted film).
+
+    Args:
+      small: float32 [N, H, W] gray films in [0, 1], resized to a fixed square.
+
+    Returns:
+      (polarity float32 [N] in [-1, 1], anisotropy float32 [N] in [-1, 1]).
+    """
+    size = small.shape[-1]
+    columns = tf.reduce_mean(small, axis=1)  # [N, W], the profile across vertical bones
+    rows = tf.reduce_mean(small, axis=2)
+    spread_columns = tf.math.reduce_variance(columns, axis=1)
+    spread_rows = tf.math.reduce_variance(rows, axis=1)
+    anisotropy = tf.math.divide_no_nan(spread_columns - spread_rows,
+                                       spread_columns + spread_rows)
+    across_bones = tf.where((anisotropy >= 0)[:, None], columns, rows)
+    side = size // 8
+    middle = tf.reduce_mean(across_bones[:, size // 4: size - size // 4], axis=1)
+    sides = tf.reduce_mean(tf.concat([across_bones[:, :side], across_bones[:, -side:]],
+                                     axis=1), axis=1)
+    return middle - sides, anisotropy
 
 
 def decode_image(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
     """Decodes one PNG/JPEG/BMP/GIF to a gray float image of `image_size` squared.
 
-    Accepts 8- and 16-bit, gray, gray+alpha, RGB and RGBA. The aspect ratio is kept
+    Accepts 8- and 16-bit (10- to 16-bit data in a 16-bit PNG is mapped by its full scale,
+    see `_decode_16_bit_png`), gray, gray+alpha, RGB and RGBA. The aspect ratio is kept
     (padded with black) so a non-square film is not distorted.
 
     Args:
@@ -149,26 +229,38 @@ def preprocess_with_checks(image_bytes: tf.Tensor, image_size: int,
 
     Returns:
       (images float32 [N, image_size, image_size, 1] in [0, 1], enhanced;
-       pixel_std float32 [N], the gray pixels' standard deviation before enhancement;
-       chroma float32 [N], mean max - min over R, G, B, 0 for gray files).
+       measures: dict of float32 [N] keyed by features.INPUT_CHECK_KEYS:
+         PIXEL_STD_KEY, the gray pixels' standard deviation before enhancement;
+         CHROMA_KEY, mean max - min over R, G, B, 0 for gray files;
+         MIN_SIDE_KEY, the decoded film's smaller side in pixels;
+         POLARITY_KEY and ANISOTROPY_KEY, see `_polarity_and_anisotropy`).
 
     Raises:
       ValueError: unknown `equalisation`.
+      tf.errors.InvalidArgumentError (when run): bytes that are not an image.
     """
     if equalisation not in features.EQUALISATIONS:
         raise ValueError(f"equalisation must be one of {features.EQUALISATIONS}, "
                          f"got {equalisation!r}")
     flat = tf.reshape(image_bytes, [-1])
-    images, chroma = tf.map_fn(
+    images, chroma, min_side, small = tf.map_fn(
         lambda b: _decode(b, image_size),
         flat,
         fn_output_signature=(tf.TensorSpec([image_size, image_size, 1], tf.float32),
-                             tf.TensorSpec([], tf.float32)),
+                             tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.float32),
+                             tf.TensorSpec([_CHECK_SIZE, _CHECK_SIZE], tf.float32)),
     )
-    pixel_std = tf.math.reduce_std(images, axis=[1, 2, 3])
+    polarity, anisotropy = _polarity_and_anisotropy(small)
+    measures = {
+        features.PIXEL_STD_KEY: tf.math.reduce_std(images, axis=[1, 2, 3]),
+        features.CHROMA_KEY: chroma,
+        features.MIN_SIDE_KEY: min_side,
+        features.POLARITY_KEY: polarity,
+        features.ANISOTROPY_KEY: anisotropy,
+    }
     if equalisation != "none":
         images = clahe(images, clip_limit=_CLIP_LIMITS[equalisation])
-    return images, pixel_std, chroma
+    return images, measures
 
 
 def preprocess_images(image_bytes: tf.Tensor, image_size: int,
@@ -189,15 +281,14 @@ def preprocessing_fn(inputs, custom_config):
         pipeline config.
 
     Returns:
-      The model's input image, the input-check measures and the label.
+      The model's input image, the input-check measures (features.INPUT_CHECK_KEYS) and
+      the label.
     """
     size = int(custom_config["image_size"])
     equalisation = custom_config.get("equalisation", DEFAULT_EQUALISATION)
-    images, pixel_std, chroma = preprocess_with_checks(inputs[features.IMAGE_KEY], size,
-                                                       equalisation)
+    images, measures = preprocess_with_checks(inputs[features.IMAGE_KEY], size, equalisation)
     return {
         features.TRANSFORMED_IMAGE_KEY: images,
-        features.PIXEL_STD_KEY: pixel_std,
-        features.CHROMA_KEY: chroma,
+        **measures,
         features.LABEL_KEY: tf.reshape(inputs[features.LABEL_KEY], [-1]),
     }

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from components import non_knee, ood, preprocessing
+from components import features, non_knee, ood, preprocessing, synthetic
 
 
 def _clusters(rng, n, dim=40):
@@ -67,17 +67,54 @@ def _encode(pixels, fmt="PNG"):
     return buffer.getvalue()
 
 
-def test_input_checks_flag_blank_and_colour_pictures_only():
-    rng = np.random.default_rng(2)
-    yy, xx = np.mgrid[0:128, 0:128] / 128
-    film = (255 * np.clip(0.5 + 0.3 * np.sin(6 * xx) * np.cos(4 * yy)
-                          + rng.normal(0, 0.05, (128, 128)), 0, 1)).astype(np.uint8)
+def _phantom(tmp_path) -> np.ndarray:
+    synthetic.generate(tmp_path / "set", patients=1, size=128, seed=5)
+    return np.asarray(Image.open(next((tmp_path / "set").glob("*/*.png"))))
+
+
+def _reasons(images):
+    _, measures = preprocessing.preprocess_with_checks(tf.constant(images), 64)
+    ratios = ood.input_check_ratios(measures)
+    judged = ood.judge(ratios)
+    score = ood.input_check_score(measures).numpy()
+    np.testing.assert_allclose(judged[features.OOD_SCORE_OUTPUT].numpy(), score)
+    return [r.decode() for r in judged[features.OOD_REASON_OUTPUT].numpy()], score
+
+
+def test_input_checks_pass_films_and_flag_each_failure_with_its_reason(tmp_path):
+    film = _phantom(tmp_path)
     ok = [_encode(film), _encode(np.stack([film] * 3, -1), "JPEG"),
-          _encode(film.astype(np.uint16) * 257)]
+          _encode(film.astype(np.uint16) * 257), _encode(np.rot90(film, 2).copy()),
+          _encode(np.asarray(Image.fromarray(film).resize((64, 64))))]
     probes = non_knee.probe_images(size=128, seed=0)
-    bad = [probes["blank_black"], probes["blank_gray"], probes["photo_like_texture"],
-           probes["gaussian_noise_rgb"]]
-    _, pixel_std, chroma = preprocessing.preprocess_with_checks(tf.constant(ok + bad), 64)
-    scores = ood.input_check_score(pixel_std, chroma).numpy()
-    assert (scores[:len(ok)] < 1.0).all(), scores
+    # Pictures that are no film may fail more than the check named here.
+    not_films = {probes["blank_black"]: "blank", probes["blank_gray"]: "blank",
+                 probes["photo_like_texture"]: "colour", probes["gaussian_noise_rgb"]: "colour"}
+    bad = {
+        _encode(255 - film): "inverted",
+        _encode(np.rot90(film).copy()): "rotated",
+        _encode(np.rot90(film, 3).copy()): "rotated",
+        _encode(np.rot90(255 - film).copy()): "inverted,rotated",
+        _encode(np.asarray(Image.fromarray(film).resize((32, 32)))): "too_small",
+        _encode(np.asarray(Image.fromarray(film).resize((96, 8)))): "too_small",
+    }
+    reasons, scores = _reasons(ok + list(bad) + list(not_films))
+    assert reasons[:len(ok)] == [""] * len(ok), scores
+    assert (scores[:len(ok)] <= 1.0).all(), scores
+    assert reasons[len(ok):len(ok) + len(bad)] == list(bad.values()), scores
+    for reason, expected in zip(reasons[len(ok) + len(bad):], not_films.values()):
+        assert expected in reason.split(","), reason
     assert (scores[len(ok):] > 1.0).all(), scores
+
+
+def test_judge_names_every_failed_check_in_the_documented_order():
+    ratios = {features.REASON_UNLIKE_TRAINING: tf.constant([0.5, 3.0, 1.0, 2.0]),
+              features.REASON_ROTATED: tf.constant([0.1, 1.5, 0.2, 0.9]),
+              features.REASON_BLANK: tf.constant([0.0, 0.0, 0.0, 1.01])}
+    out = ood.judge(ratios)
+    assert [r.decode() for r in out[features.OOD_REASON_OUTPUT].numpy()] == [
+        "", "rotated,unlike_training_films", "", "blank,unlike_training_films"]
+    np.testing.assert_allclose(out[features.OOD_SCORE_OUTPUT].numpy(), [0.5, 3.0, 1.0, 2.0])
+    assert out[features.OOD_FLAG_OUTPUT].numpy().tolist() == [False, True, False, True]
+    with pytest.raises(ValueError, match="check codes"):
+        ood.judge({"upside_down": tf.constant([2.0])})

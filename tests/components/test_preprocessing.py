@@ -8,7 +8,7 @@ import tensorflow as tf
 from PIL import Image
 from skimage import exposure
 
-from components import preprocessing, synthetic
+from components import features, preprocessing, synthetic
 
 
 def _encode(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
@@ -118,3 +118,58 @@ def test_equalisation_modes_none_and_clip_limited(tmp_path):
     assert np.ptp(ahe) > np.ptp(clahe) > np.ptp(plain)
     with pytest.raises(ValueError, match="equalisation"):
         preprocessing.preprocess_images(encoded, 64, "gamma")
+
+
+def test_10_to_16_bit_data_in_a_16_bit_png_gives_the_8_bit_image(tmp_path):
+    """Detectors store 10/12/14-bit data in 16-bit PNGs; dividing by 65535 would leave a
+    12-bit film 16 of the equalisation's 256 levels."""
+    film = _knee(tmp_path)
+    film = film.astype(np.float64)
+    film = np.round((film - film.min()) * 255.0 / np.ptp(film)).astype(np.uint8)  # 0..255
+    stored = [_encode(film), _encode(film.astype(np.uint16) * 257)] + [
+        _encode(np.round(film * (2.0 ** bits - 1) / 255.0).astype(np.uint16))
+        for bits in (10, 12, 14)]
+    decoded = np.stack([preprocessing.decode_image(tf.constant(b), 64).numpy()
+                        for b in stored])
+    # Rounding to the stored depth moves a pixel by at most half a level of 8 bits.
+    assert np.abs(decoded - decoded[0]).max() < 0.5 / 255 + 1e-6
+    equalised = _run(stored)
+    assert np.abs(equalised - equalised[0]).mean(axis=(1, 2, 3)).max() < 0.01
+    # A 12-bit film whose brightest pixel is under full scale still maps by 4095.
+    dim = np.round(film * 3000.0 / 255.0).astype(np.uint16)
+    assert dim.max() == 3000
+    np.testing.assert_allclose(preprocessing.decode_image(tf.constant(_encode(dim)), 64),
+                               preprocessing.decode_image(tf.constant(_encode(
+                                   np.round(dim * 255.0 / 4095.0).astype(np.uint8))), 64),
+                               atol=0.5 / 255 + 1e-6)
+
+
+def test_a_film_turned_by_180_degrees_reaches_the_model_as_the_original(tmp_path):
+    film = _knee(tmp_path)
+    wide = np.pad(film, ((0, 0), (10, 30)))  # uneven padding: the turn is not a mirror
+    images = [_encode(film), _encode(np.rot90(film, 2).copy()), _encode(film[::-1].copy()),
+              _encode(wide), _encode(np.rot90(wide, 2).copy())]
+    out = _run(images)
+    np.testing.assert_allclose(out[1], out[0], atol=1e-6)
+    # A vertical flip is the 180-degree turn's mirror image (resizing is mirror-symmetric
+    # only up to float rounding, which equalisation can turn into a level).
+    assert np.abs(out[2] - out[0][:, ::-1]).mean() < 0.005
+    np.testing.assert_allclose(out[4], out[3], atol=1e-6)
+
+
+def test_check_measures_read_size_polarity_and_orientation(tmp_path):
+    film = _knee(tmp_path)
+    images = [film, 255 - film, np.rot90(film).copy(), np.rot90(film, 3).copy(),
+              film[:40, :90]]
+    _, measures = preprocessing.preprocess_with_checks(
+        tf.constant([_encode(i) for i in images]), 64)
+    assert set(measures) == set(features.INPUT_CHECK_KEYS)
+    for value in measures.values():
+        assert value.shape == (len(images),) and value.dtype == tf.float32
+    polarity = measures[features.POLARITY_KEY].numpy()
+    anisotropy = measures[features.ANISOTROPY_KEY].numpy()
+    assert polarity[0] > 0.1 and anisotropy[0] > 0.3
+    np.testing.assert_allclose(polarity[1], -polarity[0], atol=0.01)  # inverted
+    np.testing.assert_allclose(anisotropy[2:4], -anisotropy[0], atol=0.01)  # turned
+    np.testing.assert_allclose(polarity[2:4], polarity[0], atol=0.01)  # read across bones
+    assert measures[features.MIN_SIDE_KEY].numpy().tolist() == [128, 128, 128, 128, 40]
