@@ -17,6 +17,20 @@ def _abort(context, error: status.ServingStatusError):
     context.abort(error.code, error.message)
 
 
+def _answer(what: str, call, request, context):
+    """Runs one API call; its status error becomes the RPC's status. Anything else is
+    a server bug: logged with its stack, answered INTERNAL without internals (gRPC's
+    default would send the exception's text as UNKNOWN)."""
+    try:
+        return call(request)
+    except status.ServingStatusError as e:
+        _LOG.debug("%s failed: %s", what, e)
+        return _abort(context, e)
+    except Exception:  # pylint: disable=broad-except
+        _LOG.exception("%s failed", what)
+        return context.abort(grpc.StatusCode.INTERNAL, status.INTERNAL_ERROR_TEXT)
+
+
 def add_services(server: grpc.Server, handler, reload_config=None) -> None:
     """Registers the PredictionService and ModelService on a gRPC server.
 
@@ -33,48 +47,25 @@ def add_services(server: grpc.Server, handler, reload_config=None) -> None:
         """Predict, Classify, Regress, MultiInference and GetModelMetadata."""
 
         def Predict(self, request, context):  # noqa: N802 (gRPC method name)
-            try:
-                return handler.predict(request, api="grpc")
-            except status.ServingStatusError as e:
-                _LOG.debug("Predict failed: %s", e)
-                _abort(context, e)
+            return _answer("Predict", lambda r: handler.predict(r, api="grpc"), request, context)
 
         def Classify(self, request, context):  # noqa: N802
-            try:
-                return handler.classify(request, api="grpc")
-            except status.ServingStatusError as e:
-                _LOG.debug("Classify failed: %s", e)
-                _abort(context, e)
+            return _answer("Classify", lambda r: handler.classify(r, api="grpc"), request, context)
 
         def Regress(self, request, context):  # noqa: N802
-            try:
-                return handler.regress(request, api="grpc")
-            except status.ServingStatusError as e:
-                _LOG.debug("Regress failed: %s", e)
-                _abort(context, e)
+            return _answer("Regress", lambda r: handler.regress(r, api="grpc"), request, context)
 
         def MultiInference(self, request, context):  # noqa: N802
-            try:
-                return handler.multi_inference(request, api="grpc")
-            except status.ServingStatusError as e:
-                _LOG.debug("MultiInference failed: %s", e)
-                _abort(context, e)
+            return _answer("MultiInference", lambda r: handler.multi_inference(r, api="grpc"), request, context)
 
         def GetModelMetadata(self, request, context):  # noqa: N802
-            try:
-                return handler.get_model_metadata(request)
-            except status.ServingStatusError as e:
-                _LOG.debug("GetModelMetadata failed: %s", e)
-                _abort(context, e)
+            return _answer("GetModelMetadata", handler.get_model_metadata, request, context)
 
     class ModelService(p.model_service_pb2_grpc.ModelServiceServicer):
         """GetModelStatus and HandleReloadConfigRequest."""
 
         def GetModelStatus(self, request, context):  # noqa: N802
-            try:
-                return handler.get_model_status(request)
-            except status.ServingStatusError as e:
-                _abort(context, e)
+            return _answer("GetModelStatus", handler.get_model_status, request, context)
 
         def HandleReloadConfigRequest(self, request, context):  # noqa: N802
             if reload_config is None:

@@ -69,7 +69,7 @@ class RestApi:
             # the client gets INTERNAL, the log gets the traceback.
             _LOG.exception("REST %s %s failed", method, path)
             return 500, "application/json", json_tensor.dumps(
-                {"error": "Internal error while processing the request"}).encode("utf-8")
+                {"error": status.INTERNAL_ERROR_TEXT}).encode("utf-8")
 
     @staticmethod
     def _check_version(version):

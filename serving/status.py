@@ -29,6 +29,9 @@ _HTTP_STATUS = {
 
 _BY_NUMBER = {code.value[0]: code for code in grpc.StatusCode}
 
+# What a client is told about a failure that is a server bug (details go to the log).
+INTERNAL_ERROR_TEXT = "Internal error while processing the request"
+
 
 class ServingStatusError(Exception):
     """A request failed with a canonical status code and a message for the caller.
