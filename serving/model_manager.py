@@ -341,7 +341,7 @@ class ModelManager:
 
     def _wait_for_versions(self, models: list):
         """Polls until each of ``models`` has a version or found none to try."""
-        while not self._stop.is_set():
+        while models and not self._stop.is_set():
             self.poll_once()
             empty = [m for m in models if not m.available() and not scan_versions(m.config.base_path)]
             if not empty:
@@ -381,15 +381,16 @@ class ModelManager:
     def reload(self, configs: list) -> list:
         """Replaces the served model set, as TensorFlow Serving's ReloadConfig does.
 
-        Models no longer listed are unloaded; new models are loaded (waiting,
-        like start-up, while their base path is empty); kept models take the
-        new version policy and labels, applied by an immediate poll.
+        Models no longer listed are unloaded; kept models take the new version
+        policy and labels, applied by an immediate poll; new models are loaded,
+        waiting like start-up while their base path holds no version. The
+        background poller keeps serving the other models during that wait.
 
         Args:
             configs: the new :class:`ServedModelConfig` list (already validated).
 
         Returns:
-            Problems to report to the caller (models that did not become
+            Problems to report to the caller (new models that did not become
             available, labels naming unavailable versions); empty on success.
             The new config is in effect either way.
         """
@@ -410,12 +411,11 @@ class ModelManager:
                 _LOG.info("Removing servable %s from the served models", name)
                 old[name].unload_all()
             _LOG.info("Adding/updating models: %s", ", ".join(models) or "(none)")
-            self._wait_for_versions(list(models.values()))
-            problems = [f"{{name: {m.name}}} did not become available" for m in added if not m.available()]
-            if problems:
-                problems = [f"{len(problems)} model(s) did not become available: {{" +
-                            ", ".join(problems) + "}"]
-            return problems + self.label_problems(list(models.values()))
+        self._wait_for_versions(added)
+        self.poll_once()
+        failed = [f"{{name: {m.name}}}" for m in added if not m.available()]
+        problems = [f"{len(failed)} model(s) did not become available: {{{', '.join(failed)}}}"] if failed else []
+        return problems + self.label_problems(list(models.values()))
 
     def start_polling(self):
         """Starts the background poller (no-op if the poll interval is 0)."""

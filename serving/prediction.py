@@ -45,6 +45,12 @@ def _dtype_enum_name(array) -> str:
         return str(array.dtype)
 
 
+def _require_model_spec(request):
+    """TF Serving refuses a request without a ModelSpec before anything else."""
+    if not request.HasField("model_spec"):
+        raise status.invalid_argument("Missing ModelSpec")
+
+
 class ApiHandler:
     """Implements Predict, Classify, Regress, MultiInference, GetModelMetadata and
     GetModelStatus.
@@ -98,6 +104,7 @@ class ApiHandler:
         Raises:
             status.ServingStatusError: with TensorFlow Serving's code and text.
         """
+        _require_model_spec(request)
         spec = request.model_spec
         signature_name = spec.signature_name or DEFAULT_SIGNATURE
         with self._observed(spec, signature_name, api, "predict") as served:
@@ -264,6 +271,7 @@ class ApiHandler:
         Raises:
             status.ServingStatusError: with TensorFlow Serving's code and text.
         """
+        _require_model_spec(request)
         spec = request.model_spec
         signature_name = spec.signature_name or DEFAULT_SIGNATURE
         with self._observed(spec, signature_name, api, "classify") as served:
@@ -284,6 +292,7 @@ class ApiHandler:
         Raises:
             status.ServingStatusError: with TensorFlow Serving's code and text.
         """
+        _require_model_spec(request)
         spec = request.model_spec
         signature_name = spec.signature_name or DEFAULT_SIGNATURE
         with self._observed(spec, signature_name, api, "regress") as served:
@@ -407,6 +416,7 @@ class ApiHandler:
 
     def get_model_metadata(self, request):
         """Answers a GetModelMetadataRequest (only the signature_def field exists)."""
+        _require_model_spec(request)
         if not request.metadata_field:
             raise status.invalid_argument(
                 "GetModelMetadataRequest must specify at least one metadata_field")

@@ -106,10 +106,17 @@ def run_warmup(servable, num_request_iterations: int = 1) -> int:
     iterations = max(1, num_request_iterations)
     pb2 = _prediction_log_pb2()
     handler = ApiHandler(_OneServable(servable))
+    def named(request):
+        # Upstream runs warmup records on the version directly, whatever (or
+        # whether) their ModelSpec names; the handler needs one.
+        if not request.HasField("model_spec"):
+            request.model_spec.name = servable.name
+        return request
+
     runners = {
-        "predict_log": lambda log: handler.predict(log.predict_log.request, api="warmup"),
-        "classify_log": lambda log: handler.classify(log.classify_log.request, api="warmup"),
-        "regress_log": lambda log: handler.regress(log.regress_log.request, api="warmup"),
+        "predict_log": lambda log: handler.predict(named(log.predict_log.request), api="warmup"),
+        "classify_log": lambda log: handler.classify(named(log.classify_log.request), api="warmup"),
+        "regress_log": lambda log: handler.regress(named(log.regress_log.request), api="warmup"),
         "multi_inference_log": lambda log: handler.multi_inference(log.multi_inference_log.request,
                                                                    api="warmup"),
     }
