@@ -13,12 +13,15 @@ before, or without, a training run:
   the normalised gradient of the predicted grade's probability with respect to
   the input pixels (a saliency map, computed for real by the model).
 
-With ``ood=True`` every signature also returns ``ood_score`` [N] and
-``out_of_distribution`` [N] (``ood_score > 1``), as the trained model does. The
-example model's score is the mean colour saturation of the image divided by
-``OOD_SATURATION_LIMIT``: a gray radiograph scores 0, a strongly coloured
-picture is flagged. Without ``ood`` the model looks like one exported before
-that check existed.
+With ``ood=True`` every signature also returns ``ood_score`` [N],
+``out_of_distribution`` [N] (``ood_score > 1``) and ``ood_reason`` [N], as the
+trained model does. The example model's score is the mean colour saturation of
+the image divided by ``OOD_SATURATION_LIMIT`` (reason ``colour``): a gray
+radiograph scores 0, a strongly coloured picture is flagged. With
+``input_checks=True`` the score is instead the product's model-free input checks
+(``components.ood.input_check_ratios``: blank, colour, too small, inverted,
+rotated), which the metamorphic tests and benchmark exercise. Without ``ood`` the
+model looks like one exported before that check existed.
 
 The grading head is a fixed random linear layer (``backbone="linear"``) or a
 randomly initialised MobileNetV2 (``backbone="mobilenet_v2"``, for realistic
@@ -44,8 +47,10 @@ _LOG = logging.getLogger(__name__)
 OOD_SATURATION_LIMIT = 0.25
 
 
-def _build_module(tf, seed: int, image_size: int, backbone: str, ood: bool):
-    from components import preprocessing  # imports TensorFlow
+def _build_module(tf, seed: int, image_size: int, backbone: str, ood: bool,
+                  input_checks: bool):
+    from components import ood as ood_checks  # imports TensorFlow
+    from components import preprocessing
 
     rng = np.random.default_rng(seed)
 
@@ -73,10 +78,8 @@ def _build_module(tf, seed: int, image_size: int, backbone: str, ood: bool):
 
         def decode(self, image_bytes):
             """The product's own preprocessing (without equalisation): images and the
-            colour measure the OOD score uses."""
-            images, _, chroma = preprocessing.preprocess_with_checks(
-                image_bytes, image_size, "none")
-            return images, chroma
+            input-check measures the OOD outputs use."""
+            return preprocessing.preprocess_with_checks(image_bytes, image_size, "none")
 
         def logits(self, images):
             if self.network is None:
@@ -84,16 +87,17 @@ def _build_module(tf, seed: int, image_size: int, backbone: str, ood: bool):
                 return tf.matmul(flat, self.weights) + self.bias
             return self.network(tf.image.grayscale_to_rgb(images) * 2.0 - 1.0, training=False)
 
-        def outputs(self, images, chroma):
+        def outputs(self, images, measures):
             probabilities = tf.nn.softmax(self.logits(images))
             grades = tf.argmax(probabilities, axis=1, output_type=tf.int64)
             expected = tf.reduce_sum(probabilities * tf.range(features.NUM_GRADES, dtype=tf.float32), axis=1)
             result = {features.PROBABILITIES_OUTPUT: probabilities, features.GRADE_OUTPUT: grades,
                       features.EXPECTED_GRADE_OUTPUT: expected}
-            if ood:
-                score = chroma / OOD_SATURATION_LIMIT
-                result[features.OOD_SCORE_OUTPUT] = score
-                result[features.OOD_FLAG_OUTPUT] = score > 1.0
+            if ood and input_checks:
+                result.update(ood_checks.judge(ood_checks.input_check_ratios(measures)))
+            elif ood:
+                result.update(ood_checks.judge(
+                    {features.REASON_COLOUR: measures[features.CHROMA_KEY] / OOD_SATURATION_LIMIT}))
             return result
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.SERVING_INPUT)])
@@ -108,10 +112,10 @@ def _build_module(tf, seed: int, image_size: int, backbone: str, ood: bool):
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.SERVING_INPUT)])
         def gradcam(self, image_bytes):
-            images, chroma = self.decode(image_bytes)
+            images, measures = self.decode(image_bytes)
             with tf.GradientTape() as tape:
                 tape.watch(images)
-                result = self.outputs(images, chroma)
+                result = self.outputs(images, measures)
                 chosen = tf.reduce_sum(
                     result[features.PROBABILITIES_OUTPUT]
                     * tf.one_hot(result[features.GRADE_OUTPUT], features.NUM_GRADES), axis=1)
@@ -124,7 +128,8 @@ def _build_module(tf, seed: int, image_size: int, backbone: str, ood: bool):
 
 
 def write_example_model(export_dir: str, *, seed: int = 0, image_size: int = 32,
-                        backbone: str = "linear", ood: bool = False) -> str:
+                        backbone: str = "linear", ood: bool = False,
+                        input_checks: bool = False) -> str:
     """Writes a SavedModel with the project's three signatures.
 
     The model is written to a temporary sibling directory and renamed into
@@ -135,21 +140,26 @@ def write_example_model(export_dir: str, *, seed: int = 0, image_size: int = 32,
         seed: weights' random seed (different seeds, different predictions).
         image_size: side of the square the images are resized to.
         backbone: ``"linear"`` (tiny, fast) or ``"mobilenet_v2"`` (α=0.35, random weights).
-        ood: also return ``ood_score`` and ``out_of_distribution`` (see module docstring).
+        ood: also return ``ood_score``, ``out_of_distribution`` and ``ood_reason`` (see
+            module docstring).
+        input_checks: with ``ood``, score the product's input checks instead of colour.
 
     Returns:
         ``export_dir``.
 
     Raises:
         FileExistsError: ``export_dir`` exists.
+        ValueError: ``input_checks`` without ``ood``.
     """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
 
+    if input_checks and not ood:
+        raise ValueError("input_checks needs ood=True: the checks are OOD outputs")
     if os.path.exists(export_dir):
         raise FileExistsError(f"{export_dir} already exists")
     parent = os.path.dirname(os.path.abspath(export_dir))
     os.makedirs(parent, exist_ok=True)
-    module = _build_module(tf, seed, image_size, backbone, ood)
+    module = _build_module(tf, seed, image_size, backbone, ood, input_checks)
     signatures = {
         features.SERVING_SIGNATURE: module.serve.get_concrete_function(),
         features.EXAMPLES_SIGNATURE: module.from_examples.get_concrete_function(),
@@ -162,7 +172,8 @@ def write_example_model(export_dir: str, *, seed: int = 0, image_size: int = 32,
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _LOG.info("Wrote example model (%s, seed %d, ood outputs %s) to %s", backbone, seed, ood, export_dir)
+    _LOG.info("Wrote example model (%s, seed %d, ood outputs %s, input checks %s) to %s",
+              backbone, seed, ood, input_checks, export_dir)
     return export_dir
 
 

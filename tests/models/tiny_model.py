@@ -9,10 +9,12 @@ preprocessing (`preprocess_with_checks`, inside the graph), runs one convolution
 layer with fixed seeded weights. ``gradcam`` computes a real Grad-CAM of the
 predicted grade over the convolution's output.
 
-Like the trained model, every signature also returns ``ood_score`` and
-``out_of_distribution`` (``ood_score > 1``). Here the score is the preprocessing's
-colour measure (mean max minus min channel) over ``OOD_SATURATION_LIMIT``: gray
-images score 0, strongly coloured ones (``webapp_images.colour_png``) are flagged.
+Like the trained model, every signature also returns ``ood_score``,
+``out_of_distribution`` (``ood_score > 1``) and ``ood_reason``. Here the score is the
+preprocessing's colour measure (mean max minus min channel) over
+``OOD_SATURATION_LIMIT``: gray images score 0, strongly coloured ones
+(``webapp_images.colour_png``) are flagged with reason ``colour``; the product's other
+input checks are left out, so that uniform test images of a chosen grade stay graded.
 """
 
 import os
@@ -35,7 +37,7 @@ OOD_SATURATION_LIMIT = 0.25
 def _build_module(seed: int):
     import tensorflow as tf
 
-    from components import preprocessing
+    from components import ood, preprocessing
 
     class TinyKneeModel(tf.Module):
         """Image bytes -> KL grade probabilities, expected grade and Grad-CAM."""
@@ -59,8 +61,8 @@ def _build_module(seed: int):
             """The product's preprocessing without equalisation (it would erase the
             brightness the grades are read from), and the OOD score from its colour
             measure."""
-            images, _, chroma = preprocessing.preprocess_with_checks(image_bytes, SIZE, "none")
-            return images, chroma / OOD_SATURATION_LIMIT
+            images, measures = preprocessing.preprocess_with_checks(image_bytes, SIZE, "none")
+            return images, measures[features.CHROMA_KEY] / OOD_SATURATION_LIMIT
 
         def _head(self, conv):
             pooled = tf.reduce_mean(conv, axis=[1, 2])
@@ -78,8 +80,7 @@ def _build_module(seed: int):
                 features.PROBABILITIES_OUTPUT: probabilities,
                 features.GRADE_OUTPUT: grades,
                 features.EXPECTED_GRADE_OUTPUT: expected,
-                features.OOD_SCORE_OUTPUT: scores,
-                features.OOD_FLAG_OUTPUT: scores > 1.0,
+                **ood.judge({features.REASON_COLOUR: scores}),
             }
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=features.SERVING_INPUT)])
