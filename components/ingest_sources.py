@@ -3,23 +3,29 @@ eval folder, into candidate images with grade, patient, side and given split.
 
 Layouts: ``<source>/<split>/<grade>/<file>``, ``<source>/<grade>/<file>``, or a CSV manifest
 ``path,grade[,patient_id,side,split]``. Nothing is decoded here (components/ingestion.py
-checks every image).
+converts every image); only a file without an image suffix is peeked at for the DICOM
+preamble, since PACS exports often name files by UID without a suffix.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import dataclasses
+import io
 import logging
 import re
 from pathlib import Path
 
-from components import features
+from components import features, image_files
 
 logger = logging.getLogger("components.ingestion")
 
 TEST_SPLIT = "test"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
+# Where the side of an Item came from: a manifest column, or the file name (or nothing).
+SIDE_FROM_MANIFEST = "manifest"
+SIDE_FROM_NAME = "name"
 # Folder (or manifest) split names and the output split they feed.
 SPLIT_ALIASES = {
     "train": features.TRAIN_SPLIT,
@@ -49,8 +55,10 @@ class Item:
     given_split: str | None  # output split name from the source, or None
     patient: str
     side: str
-    sha256: str = ""
+    side_source: str = SIDE_FROM_NAME
+    sha256: str = ""  # of the converted image bytes written to the record
     split: str = ""
+    facts: dict = dataclasses.field(default_factory=dict)  # IMAGE_FACT_KEYS -> value
 
 
 @dataclasses.dataclass
@@ -59,6 +67,8 @@ class Scan:
     declared_splits: set[str] = dataclasses.field(default_factory=set)
     excluded: list[dict[str, str]] = dataclasses.field(default_factory=list)
     skipped: list[str] = dataclasses.field(default_factory=list)
+    # Manifest rows naming a file an earlier row already named: {"path", "lines", "action"}.
+    repeated_rows: list[dict] = dataclasses.field(default_factory=list)
 
     def exclude(self, rel: str, reason: str) -> None:
         logger.warning("Excluding %s: %s", rel, reason)
@@ -150,6 +160,19 @@ def add_eval_source(scan: Scan, eval_dir: Path) -> None:
     scan.declared_splits |= {features.TRAIN_SPLIT, features.EVAL_SPLIT}
 
 
+def is_image_file(path: Path) -> bool:
+    """An image suffix, or (any other name) a DICOM Part 10 preamble."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    end = image_files.DICOM_MAGIC_OFFSET + len(image_files.DICOM_MAGIC)
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(end)
+    except OSError:
+        return False
+    return head[image_files.DICOM_MAGIC_OFFSET:end] == image_files.DICOM_MAGIC
+
+
 def _stray_file(scan: Scan, path: Path, rel: str) -> None:
     """A file outside any grade folder: images are excluded, helpers skipped."""
     if path.suffix.lower() in IMAGE_SUFFIXES:
@@ -164,7 +187,7 @@ def _scan_grade_dir(scan: Scan, source_dir: Path, grade_dir: Path, grade: int,
         rel = path.relative_to(source_dir).as_posix()
         if any(part.startswith(".") for part in path.relative_to(grade_dir).parts):
             scan.skipped.append(rel)
-        elif path.suffix.lower() not in IMAGE_SUFFIXES:
+        elif not is_image_file(path):
             scan.exclude(rel, f"not an image file (suffix '{path.suffix}')")
         else:
             patient, side = parse_knee_name(path.stem)
@@ -172,43 +195,88 @@ def _scan_grade_dir(scan: Scan, source_dir: Path, grade_dir: Path, grade: int,
 
 
 def scan_manifest(source_dir: Path, manifest: Path) -> Scan:
-    """Lists candidate images from a CSV with path,grade[,patient_id,side,split]."""
+    """Lists candidate images from a CSV with path,grade[,patient_id,side,split].
+
+    A file named on several rows is one image: repeats that agree are listed in
+    ``Scan.repeated_rows``; repeats that disagree (grade, split, patient or side)
+    exclude the file, since its label is in doubt.
+
+    Raises:
+        IngestError: naming the manifest and line, for text that is not UTF-8, a
+            missing column, an empty path, a path outside ``source_dir``, or an
+            unknown grade, split or side.
+    """
     if not manifest.is_file():
         raise IngestError(f"manifest {manifest} does not exist")
     scan = Scan()
     root = source_dir.resolve()
-    with manifest.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = set(reader.fieldnames or ())
-        missing = {"path", "grade"} - columns
-        if missing:
+    reader = csv.DictReader(io.StringIO(_read_utf8(manifest), newline=""))
+    columns = set(reader.fieldnames or ())
+    missing = {"path", "grade"} - columns
+    if missing:
+        raise IngestError(
+            f"manifest {manifest} lacks column(s) {', '.join(sorted(missing))}")
+    first_row: dict[str, tuple[int, tuple]] = {}  # rel -> (line, label) of its first row
+    conflicting: dict[str, list[int]] = {}
+    for row in reader:
+        # The reader's line number is the row's last physical line (quoted fields may
+        # span several); rows are almost always one line.
+        where = f"{manifest.name} line {reader.line_num}"
+        raw_path = (row.get("path") or "").strip()
+        if not raw_path:
+            raise IngestError(f"{where}: empty path")
+        path = (manifest.parent / raw_path).resolve()
+        try:
+            rel = path.relative_to(root).as_posix()
+        except ValueError as e:
             raise IngestError(
-                f"manifest {manifest} lacks column(s) {', '.join(sorted(missing))}")
-        for line, row in enumerate(reader, start=2):
-            where = f"{manifest.name} line {line}"
-            raw_path = (row.get("path") or "").strip()
-            if not raw_path:
-                raise IngestError(f"{where}: empty path")
-            path = (manifest.parent / raw_path).resolve()
-            try:
-                rel = path.relative_to(root).as_posix()
-            except ValueError as e:
-                raise IngestError(
-                    f"{where}: {raw_path} is outside the source {source_dir}") from e
-            grade = _parse_grade(row.get("grade"), where)
-            split = _parse_split(row.get("split"), where)
-            patient, side = parse_knee_name(path.stem)
-            patient = (row.get("patient_id") or "").strip() or patient
-            side = _parse_side(row.get("side"), where) or side
-            if not path.is_file():
-                scan.exclude(rel, "listed in the manifest but missing")
-            elif path.suffix.lower() not in IMAGE_SUFFIXES:
-                scan.exclude(rel, f"not an image file (suffix '{path.suffix}')")
+                f"{where}: {raw_path} is outside the source {source_dir}") from e
+        grade = _parse_grade(row.get("grade"), where)
+        split = _parse_split(row.get("split"), where)
+        patient, side = parse_knee_name(path.stem)
+        patient = (row.get("patient_id") or "").strip() or patient
+        given_side = _parse_side(row.get("side"), where)
+        label = (grade, split, patient, given_side or side)
+        if rel in first_row:
+            first_line, first_label = first_row[rel]
+            if label != first_label:
+                conflicting.setdefault(rel, [first_line]).append(reader.line_num)
             else:
-                scan.items.append(Item(path, rel, grade, split, patient, side))
+                scan.repeated_rows.append({
+                    "path": rel, "lines": [first_line, reader.line_num],
+                    "action": f"counted once (line {first_line})"})
+                logger.warning("%s repeats line %d (%s): counted once", where, first_line, rel)
+            continue
+        first_row[rel] = (reader.line_num, label)
+        if not path.is_file():
+            scan.exclude(rel, "listed in the manifest but missing")
+        elif not is_image_file(path):
+            scan.exclude(rel, f"not an image file (suffix '{path.suffix}')")
+        else:
+            item = Item(path, rel, grade, split, patient, given_side or side)
+            if given_side:
+                item.side_source = SIDE_FROM_MANIFEST
+            scan.items.append(item)
+    for rel, lines in conflicting.items():
+        scan.items = [item for item in scan.items if item.rel != rel]
+        scan.excluded = [e for e in scan.excluded if e["path"] != rel]
+        scan.exclude(rel, f"listed on manifest lines {', '.join(map(str, lines))} with "
+                          "different grade, split, patient or side")
     if len({item.given_split is None for item in scan.items}) > 1:
         raise IngestError(f"manifest {manifest} gives a split for some rows but not all")
     return scan
+
+
+def _read_utf8(manifest: Path) -> str:
+    """The manifest's text (a UTF-8 byte-order mark is allowed and dropped)."""
+    data = manifest.read_bytes().removeprefix(codecs.BOM_UTF8)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise IngestError(
+            f"{manifest.name} line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}); "
+            "save the manifest as UTF-8") from e
 
 
 def _parse_grade(value: str | None, where: str) -> int:

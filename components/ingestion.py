@@ -7,20 +7,23 @@ The output is what the pipeline's ExampleGen reads::
     <out_dir>/test/data.tfrecord       only if the source had a test split
     <out_dir>/ingest_report.json       counts, exclusions, duplicates, content hash
 
-Every image is decoded once to prove it is readable; unreadable files are
-excluded and reported, never dropped silently. Problems that would make the
-evaluation untrustworthy (a grade outside 0..4, the same image or patient in
-two given splits) stop the import with an ``IngestError``. When the source has
-no train/eval split, the eval split is carved by patient, stratified by the
-patient's worst grade. Output is built in a temporary sibling folder and
-renamed into place, so a failed import leaves nothing behind.
+Every image goes through the one conversion the web app and `koa grade` use
+(components/image_files.py): PNG kept as it is, JPEG and DICOM converted to PNG,
+EXIF orientation applied. Records carry the model's input bytes and the source
+file's facts (format, size, bit depth, channels, EXIF orientation, modality), which
+pipeline/schema.pbtxt constrains. Unreadable files are excluded with the reason,
+never dropped silently. Problems that would make the evaluation untrustworthy (a
+grade outside 0..4, the same image or patient in two given splits) stop the import
+with an ``IngestError``. When the source has no train/eval split, the eval split is
+carved by patient, stratified by the patient's worst grade. Output is built in a
+temporary sibling folder and renamed into place, so a failed import leaves nothing
+behind.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import os
@@ -29,20 +32,19 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from PIL import Image
-
-from components import features
+from components import features, image_files
 from components.atomic_dir import replace_dir
 from components.ingest_sources import (  # noqa: F401 (IngestError is this module's error too)
-    GRADE_NAMES, IngestError, Item, Scan, add_eval_source, listing, scan_folders, scan_manifest)
+    GRADE_NAMES, SIDE_FROM_MANIFEST, IngestError, Item, Scan, add_eval_source, listing,
+    scan_folders, scan_manifest)
 from components.ingest_splits import assign_splits, check_patient_leaks, seeded_hash
 
 logger = logging.getLogger(__name__)
 
 REPORT_NAME = "ingest_report.json"
 RECORD_NAME = "data.tfrecord"
-REPORT_FORMAT_VERSION = 1
-_DECODABLE_FORMATS = ("PNG", "JPEG")
+# 2: repeated_rows; sha256 and content_hash are of the record's image bytes.
+REPORT_FORMAT_VERSION = 2
 
 _PROGRESS_EVERY = 1000
 
@@ -63,11 +65,14 @@ class IngestReport:
         patients: Distinct patients per output split.
         excluded: Files left out, each {"path", "reason"} (path relative to source).
         skipped: Non-image helper files and hidden entries that were not read.
-        duplicates: Groups of byte-identical images, each {"sha256", "files",
-            "grades", "action"}.
+        duplicates: Groups of identical images (equal converted image bytes), each
+            {"sha256", "files", "grades", "action"}.
         warnings: Things worth a look that did not stop the import.
-        content_hash: sha256 over the sorted "<file sha256> <grade> <split>"
-            lines of every imported image: equal hashes mean equal data.
+        content_hash: sha256 over the sorted "<image sha256> <grade> <split>"
+            lines of every imported image, the sha256 being of the record's image
+            bytes (a PNG file's own bytes): equal hashes mean equal data.
+        repeated_rows: Manifest rows naming a file an earlier row named with the
+            same label, each {"path", "lines", "action"}: the file is one image.
         format_version: Version of this report's layout.
     """
 
@@ -84,6 +89,7 @@ class IngestReport:
     warnings: list[str]
     content_hash: str
     eval_source: str | None = None
+    repeated_rows: list[dict] = dataclasses.field(default_factory=list)
     format_version: int = REPORT_FORMAT_VERSION
 
     @property
@@ -111,9 +117,11 @@ def ingest(source: str | os.PathLike, out_dir: str | os.PathLike, *,
       ``patient_id``, ``side`` (L/R/U) and ``split``; paths are relative to
       the CSV's folder or absolute, and must lie inside ``source``.
 
-    Grades are 0..4; files are .png/.jpg/.jpeg. Patient and side come from
-    names like ``9001695L.png`` (otherwise patient = file stem, side "U");
-    manifest columns take precedence.
+    Grades are 0..4; files are PNG, JPEG or DICOM (.png/.jpg/.jpeg/.dcm/.dicom,
+    or any name with a DICOM preamble). Patient and side come from names like
+    ``9001695L.png`` (otherwise patient = file stem, side "U"); a DICOM's
+    laterality overrides the name's side; manifest columns take precedence (a
+    manifest side contradicting the DICOM laterality excludes the image).
 
     Args:
         source: Dataset root folder. Record SOURCE_KEY values are relative to it.
@@ -153,12 +161,15 @@ def ingest(source: str | os.PathLike, out_dir: str | os.PathLike, *,
     logger.info("Found %d candidate images in %s", len(scan.items), source_dir)
     items = _inspect(scan)
     items, duplicates = _resolve_duplicates(items, scan)
+    dicom_warning = _dicom_patient_warning(items)
     if not items:
         raise IngestError(f"no usable images in {source_dir}")
     for split in sorted(scan.declared_splits - {i.given_split for i in items}):
         raise IngestError(f"the source's {split} split has no usable images")
     check_patient_leaks(items)
     policy, warnings = assign_splits(items, eval_fraction, seed)
+    if dicom_warning:
+        warnings.insert(0, dicom_warning)
 
     splits = sorted({item.split for item in items})
     report = IngestReport(
@@ -175,6 +186,7 @@ def ingest(source: str | os.PathLike, out_dir: str | os.PathLike, *,
         warnings=warnings,
         content_hash=_content_hash(items),
         eval_source=None if eval_source is None else str(eval_source),
+        repeated_rows=scan.repeated_rows,
     )
     _write_output(out, items, report, seed)
     logger.info("Imported %d images into %s: %s (%d excluded, content %s)",
@@ -197,39 +209,74 @@ def _check_out_dir(out: Path, source_dir: Path) -> None:
             "from a previous import")
 
 
-def _decode_problem(data: bytes) -> str | None:
-    """Why ``data`` is not a usable PNG/JPEG, or None if it decodes fully."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image_format = image.format
-            image.load()  # decodes every pixel: catches truncated files
-    # Broken files raise many types from deep inside the decoders (OSError,
-    # SyntaxError, struct/zlib errors...); any of them means "unreadable".
-    except Exception as e:  # noqa: BLE001
-        return f"cannot decode image: {type(e).__name__}: {e}"
-    if image_format not in _DECODABLE_FORMATS:
-        return f"unsupported image format {image_format}"
-    return None
+def image_facts(radiograph: image_files.Radiograph) -> dict[str, int | str]:
+    """The record's image-fact features (features.IMAGE_FACT_KEYS) of a radiograph."""
+    return {
+        features.IMAGE_FORMAT_KEY: radiograph.image_format,
+        features.IMAGE_HEIGHT_KEY: radiograph.height,
+        features.IMAGE_WIDTH_KEY: radiograph.width,
+        features.BIT_DEPTH_KEY: radiograph.bit_depth,
+        features.CHANNELS_KEY: radiograph.channels,
+        features.EXIF_ORIENTATION_KEY: radiograph.exif_orientation,
+        features.MODALITY_KEY: radiograph.modality,
+    }
 
 
 def _inspect(scan: Scan) -> list[Item]:
-    """Hashes and decodes every candidate; returns the readable ones."""
+    """Converts every candidate; returns the readable ones with hash, facts and side."""
     readable = []
     for count, item in enumerate(scan.items, start=1):
-        data = item.path.read_bytes()
-        problem = _decode_problem(data)
-        if problem is not None:
-            scan.exclude(item.rel, problem)
+        try:
+            radiograph = image_files.read_radiograph(item.path.read_bytes())
+        except image_files.UnreadableImageError as e:
+            scan.exclude(item.rel, f"cannot decode image: {e}")
         else:
-            item.sha256 = hashlib.sha256(data).hexdigest()
-            readable.append(item)
+            problem = _apply_laterality(item, radiograph.laterality)
+            if problem is not None:
+                scan.exclude(item.rel, problem)
+            else:
+                item.sha256 = hashlib.sha256(radiograph.png).hexdigest()
+                item.facts = image_facts(radiograph)
+                readable.append(item)
         if count % _PROGRESS_EVERY == 0:
             logger.info("Checked %d/%d images", count, len(scan.items))
     return readable
 
 
+def _apply_laterality(item: Item, laterality: str) -> str | None:
+    """Takes the side from a DICOM's laterality; the reason to exclude on a contradiction.
+
+    The laterality is written by the modality at acquisition, so it beats a file
+    name; a manifest's side is a curator's statement, so a contradiction leaves
+    the label in doubt.
+    """
+    if laterality not in ("L", "R") or laterality == item.side:
+        return None
+    if item.side_source == SIDE_FROM_MANIFEST:
+        return (f"the manifest's side {item.side} contradicts the DICOM laterality "
+                f"{laterality}")
+    if item.side != "U":
+        logger.warning("%s: DICOM laterality %s replaces side %s from the file name",
+                       item.rel, laterality, item.side)
+    item.side = laterality
+    return None
+
+
+def _dicom_patient_warning(items: list[Item]) -> str | None:
+    """DICOM files named by UID give one 'patient' per file: both knees could split."""
+    from_names = [i for i in items if i.facts[features.IMAGE_FORMAT_KEY] == "dicom"
+                  and i.patient == i.path.stem]
+    if not from_names:
+        return None
+    message = (f"{len(from_names)} DICOM file(s) take their patient id from the file name "
+               "(e.g. " + from_names[0].rel + "); give patient_id in a manifest so both "
+               "knees of a patient stay in one split")
+    logger.warning(message)
+    return message
+
+
 def _resolve_duplicates(items: list[Item], scan: Scan) -> tuple[list[Item], list[dict]]:
-    """Applies the duplicate policy to byte-identical images.
+    """Applies the duplicate policy to identical images (equal converted bytes).
 
     Identical images in two given splits are a leak (IngestError). Otherwise
     copies with conflicting grades are all excluded, and copies with one grade
@@ -253,16 +300,16 @@ def _resolve_duplicates(items: list[Item], scan: Scan) -> tuple[list[Item], list
             action = f"all excluded: conflicting grades {grades}"
             dropped.update(files)
             for item in group:
-                scan.exclude(item.rel, f"byte-identical copies have conflicting grades {grades}")
+                scan.exclude(item.rel, f"identical copies have conflicting grades {grades}")
         else:
             action = f"kept {files[0]}, excluded the other copies"
             dropped.update(files[1:])
             for item in group[1:]:
-                scan.exclude(item.rel, f"byte-identical duplicate of {files[0]}")
+                scan.exclude(item.rel, f"identical duplicate of {files[0]}")
         duplicates.append({"sha256": sha, "files": files, "grades": grades, "action": action})
     if leaks:
         raise IngestError(
-            f"{len(leaks)} image(s) appear byte-identical in two given splits "
+            f"{len(leaks)} image(s) appear identical in two given splits "
             f"(a train/eval leak): {listing(leaks)}")
     return [i for i in items if i.rel not in dropped], duplicates
 
@@ -304,24 +351,44 @@ def _write_records(path: Path, items: list[Item], written: int, total: int) -> i
 
     with tf.io.TFRecordWriter(str(path)) as writer:
         for item in items:
-            data = item.path.read_bytes()
-            if hashlib.sha256(data).hexdigest() != item.sha256:
+            try:
+                radiograph = image_files.read_radiograph(item.path.read_bytes())
+            except image_files.UnreadableImageError as e:
+                raise IngestError(f"{item.rel} changed while it was being imported") from e
+            if hashlib.sha256(radiograph.png).hexdigest() != item.sha256:
                 raise IngestError(f"{item.rel} changed while it was being imported")
-            example = tf.train.Example(features=tf.train.Features(feature={
-                features.IMAGE_KEY: _bytes_feature(tf, data),
-                features.LABEL_KEY: tf.train.Feature(
-                    int64_list=tf.train.Int64List(value=[item.grade])),
-                features.PATIENT_KEY: _bytes_feature(tf, item.patient.encode()),
-                features.SIDE_KEY: _bytes_feature(tf, item.side.encode()),
-                features.SOURCE_KEY: _bytes_feature(tf, item.rel.encode()),
-            }))
-            # deterministic=True orders the feature map, so reruns give equal bytes.
-            writer.write(example.SerializeToString(deterministic=True))
+            writer.write(serialized_example(
+                radiograph, grade=item.grade, patient=item.patient, side=item.side,
+                source=item.rel))
             written += 1
             if written % _PROGRESS_EVERY == 0:
                 logger.info("Wrote %d/%d records", written, total)
     return written
 
 
-def _bytes_feature(tf, value: bytes):
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+def serialized_example(radiograph: image_files.Radiograph, *, grade: int, patient: str,
+                       side: str, source: str) -> bytes:
+    """One record as ingestion writes it: a serialized tf.train.Example.
+
+    Features (components/features.py): IMAGE_KEY (the radiograph's PNG bytes),
+    LABEL_KEY (int64 grade), PATIENT_KEY, SIDE_KEY, SOURCE_KEY (bytes) and the
+    image facts of `image_facts` (int64 or bytes).
+    """
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    def bytes_feature(value: bytes):
+        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
+
+    feature = {
+        features.IMAGE_KEY: bytes_feature(radiograph.png),
+        features.LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[grade])),
+        features.PATIENT_KEY: bytes_feature(patient.encode()),
+        features.SIDE_KEY: bytes_feature(side.encode()),
+        features.SOURCE_KEY: bytes_feature(source.encode()),
+    }
+    for key, value in image_facts(radiograph).items():
+        feature[key] = (bytes_feature(value.encode()) if isinstance(value, str) else
+                        tf.train.Feature(int64_list=tf.train.Int64List(value=[value])))
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
+    # deterministic=True orders the feature map, so reruns give equal bytes.
+    return example.SerializeToString(deterministic=True)

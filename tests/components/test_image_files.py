@@ -9,11 +9,11 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1, SecondaryCaptureImageStorage
+from pydicom.uid import JPEGLosslessSV1
 
 from components import image_files
 from components.image_files import UnreadableImageError, read_radiograph
+from dicom_testlib import PATIENT_ID, dicom_bytes as _dicom, ramp as _ramp
 
 # Upright test film: rows differ from columns and no two corners are alike, so every
 # EXIF orientation gives a different stored array.
@@ -49,37 +49,6 @@ def _stored_for(upright: np.ndarray, orientation: int) -> np.ndarray:
         8: np.rot90(upright, -1),
     }[orientation]
     return np.ascontiguousarray(stored)
-
-
-def _dicom(pixels: np.ndarray, bits_stored: int = 12, **attributes) -> bytes:
-    """An uncompressed single-frame DICOM with the given attributes (patient tags set)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.PatientName = "Doe^Jane"
-    ds.PatientID = "PID-SECRET-1"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = 16
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 0
-    for keyword, value in attributes.items():
-        setattr(ds, keyword, value)
-    ds.PixelData = np.ascontiguousarray(pixels.astype("<u2")).tobytes()
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
-
-
-def _ramp(bits: int = 12, rows: int = 16, cols: int = 64) -> np.ndarray:
-    return np.tile(np.linspace(0, 2**bits - 1, cols), (rows, 1)).round().astype(np.uint16)
 
 
 def test_upright_8bit_png_is_passed_on_as_it_is_with_its_facts():
@@ -273,8 +242,8 @@ def test_dicom_errors_name_the_problem_and_no_patient_data():
     with pytest.raises(UnreadableImageError) as info:
         read_radiograph(data[: int(len(data) * 0.7)])
     assert "DICOM" in str(info.value)
-    assert "Doe" not in str(info.value) and "PID-SECRET-1" not in str(info.value)
+    assert "Doe" not in str(info.value) and PATIENT_ID not in str(info.value)
     with pytest.raises(UnreadableImageError, match="decompression bomb"):
         read_radiograph(data, max_pixels=1000)
     png = read_radiograph(data).png
-    assert b"Doe" not in png and b"PID-SECRET-1" not in png
+    assert b"Doe" not in png and PATIENT_ID.encode() not in png

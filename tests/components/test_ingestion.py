@@ -38,8 +38,15 @@ def _read_records(path: Path) -> list[dict]:
             "patient": feature[features.PATIENT_KEY].bytes_list.value[0].decode(),
             "side": feature[features.SIDE_KEY].bytes_list.value[0].decode(),
             "source": feature[features.SOURCE_KEY].bytes_list.value[0].decode(),
+            "facts": {key: (feature[key].int64_list.value or
+                            [v.decode() for v in feature[key].bytes_list.value])[0]
+                      for key in features.IMAGE_FACT_KEYS},
         })
     return records
+
+
+def _pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
 
 
 def _png(path: Path, value: int, fmt: str = "PNG") -> Path:
@@ -117,7 +124,7 @@ def test_ingest_is_deterministic_for_a_seed(synthetic_source, tmp_path):
     assert eval_a != eval_c
 
 
-def test_records_round_trip_the_original_files(tmp_path):
+def test_records_carry_the_model_input_and_the_image_facts(tmp_path):
     source = _tree(tmp_path / "src", {
         "train/3/9001695L.png": 1, "train/2/9001695R.jpg": 2, "train/0/knee_scan.jpeg": 3,
         "val/1/9002000L.png": 4, "val/1/9002000R.png": 5, "val/4/9003000L.png": 6,
@@ -130,8 +137,17 @@ def test_records_round_trip_the_original_files(tmp_path):
     assert set(by_source) == {p.relative_to(source).as_posix()
                               for p in source.rglob("*") if p.is_file()}
     for rel, record in by_source.items():
-        assert record["image"] == (source / rel).read_bytes()
+        original = (source / rel).read_bytes()
+        if rel.endswith(".png"):
+            assert record["image"] == original  # a PNG is its own model input
+        else:  # a JPEG becomes a lossless PNG of its decoded pixels
+            assert record["image"].startswith(b"\x89PNG")
+            np.testing.assert_array_equal(_pixels(record["image"]), _pixels(original))
         assert record["grade"] == int(rel.split("/")[1])
+        assert record["facts"] == {
+            "image_format": "png" if rel.endswith(".png") else "jpeg", "image_height": 16,
+            "image_width": 16, "bit_depth": 8, "channels": 1, "exif_orientation": 1,
+            "modality": "unknown"}
     assert (by_source["train/3/9001695L.png"]["patient"],
             by_source["train/3/9001695L.png"]["side"]) == ("9001695", "L")
     assert by_source["train/2/9001695R.jpg"]["side"] == "R"
@@ -155,7 +171,7 @@ def test_identical_image_in_two_given_splits_is_a_leak(tmp_path):
     source = _given_split_tree(tmp_path / "src")
     leaked = (source / "train/0/100L.png").read_bytes()
     (source / "val/0/300L.png").write_bytes(leaked)
-    with pytest.raises(IngestError, match="byte-identical in two given splits") as err:
+    with pytest.raises(IngestError, match="identical in two given splits") as err:
         ingestion.ingest(source, tmp_path / "out")
     assert "train/0/100L.png" in str(err.value) and "val/0/300L.png" in str(err.value)
     # Atomic: a failed import leaves neither the output nor temporary folders.
@@ -193,7 +209,7 @@ def test_same_grade_duplicates_keep_one_copy(tmp_path):
     (source / "2" / "99L.png").write_bytes((source / "2" / "10L.png").read_bytes())
     report = ingestion.ingest(source, tmp_path / "out")
     assert report.excluded == [{"path": "2/99L.png",
-                                "reason": "byte-identical duplicate of 2/10L.png"}]
+                                "reason": "identical duplicate of 2/10L.png"}]
     assert report.duplicates[0]["files"] == ["2/10L.png", "2/99L.png"]
     assert report.total_images == 20
 
@@ -358,3 +374,181 @@ def test_an_eval_source_with_split_folders_or_a_second_eval_split_is_refused(tmp
     with pytest.raises(IngestError, match="already has an eval split"):
         ingestion.ingest(split_source, tmp_path / "out", eval_source=source)
     assert not (tmp_path / "out").exists()
+
+
+def _manifest_source(root: Path, patients: int = 10) -> tuple[Path, list[str]]:
+    """Images a<n>.png (grade n % 5) of patients P<n>, and the manifest rows naming them."""
+    rows = ["path,grade,patient_id"]
+    for n in range(patients):
+        _png(root / "img" / f"a{n}.png", n)
+        rows.append(f"img/a{n}.png,{n % 5},P{n}")
+    return root, rows
+
+
+def test_a_manifest_row_repeated_is_one_image(tmp_path):
+    source, rows = _manifest_source(tmp_path / "src")
+    rows += ["img/a3.png,3,P3", "./img/../img/a7.png,2,P7"]  # lines 12 and 13
+    (source / "labels.csv").write_text("\n".join(rows) + "\n")
+    report = ingestion.ingest(source, tmp_path / "out", manifest=source / "labels.csv")
+    records = []
+    for split in report.counts:
+        records += _read_records(tmp_path / "out" / split / "data.tfrecord")
+    # Every listed file is in exactly one record, as the report counts it.
+    assert sorted(r["source"] for r in records) == sorted(f"img/a{n}.png" for n in range(10))
+    assert report.total_images == 10
+    assert report.excluded == [] and report.duplicates == []
+    assert report.repeated_rows == [
+        {"path": "img/a3.png", "lines": [5, 12], "action": "counted once (line 5)"},
+        {"path": "img/a7.png", "lines": [9, 13], "action": "counted once (line 9)"}]
+
+
+def test_a_manifest_row_repeated_with_another_grade_excludes_the_file(tmp_path):
+    source, rows = _manifest_source(tmp_path / "src")
+    rows.append("img/a3.png,4,P3")
+    (source / "labels.csv").write_text("\n".join(rows) + "\n")
+    report = ingestion.ingest(source, tmp_path / "out", manifest=source / "labels.csv")
+    assert report.excluded == [{
+        "path": "img/a3.png",
+        "reason": "listed on manifest lines 5, 12 with different grade, split, patient or side"}]
+    assert report.total_images == 9 and report.repeated_rows == []
+
+
+def test_a_manifest_not_in_utf8_is_an_error_naming_file_and_line(tmp_path):
+    source, rows = _manifest_source(tmp_path / "src")
+    rows[3] = "img/a2.png,2,Müller"  # line 4, written in Latin-1 below
+    (source / "labels.csv").write_bytes(("\n".join(rows) + "\n").encode("latin-1"))
+    with pytest.raises(IngestError, match=r"labels.csv line 4: not UTF-8 text \(byte 0xfc\)"):
+        ingestion.ingest(source, tmp_path / "out", manifest=source / "labels.csv")
+    # A UTF-8 byte-order mark (spreadsheet exports) is fine.
+    (source / "labels.csv").write_bytes(("\n".join(rows) + "\n").encode("utf-8-sig"))
+    report = ingestion.ingest(source, tmp_path / "out", manifest=source / "labels.csv")
+    assert report.patients["train"] + report.patients["eval"] == 10
+
+
+def test_exif_rotated_jpeg_is_ingested_upright(tmp_path):
+    source = _given_split_tree(tmp_path / "src")
+    upright = np.zeros((16, 32), dtype=np.uint8)
+    upright[:, 16:] = 220  # right half bright
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown after a 90 degree clockwise turn
+    Image.fromarray(np.ascontiguousarray(np.rot90(upright))).save(
+        source / "train/0/777L.jpg", "JPEG", quality=95, exif=exif.tobytes())
+    ingestion.ingest(source, tmp_path / "out")
+    record = next(r for r in _read_records(tmp_path / "out/train/data.tfrecord")
+                  if r["source"] == "train/0/777L.jpg")
+    pixels = _pixels(record["image"]).astype(int)
+    assert pixels.shape == (16, 32)
+    assert pixels[:, :12].max() < 30 and pixels[:, 20:].min() > 190
+    assert (record["facts"]["exif_orientation"], record["facts"]["image_height"],
+            record["facts"]["image_width"]) == (6, 16, 32)
+
+
+def test_dicom_files_are_ingested_at_full_precision_with_their_laterality(tmp_path):
+    from dicom_testlib import dicom_bytes, ramp
+
+    source = tmp_path / "src"
+    raw = ramp(12, rows=8, cols=512)
+
+    def film(seed: int) -> np.ndarray:  # films of equal pixels would be duplicates
+        pixels = raw.copy()
+        pixels[0, 0] = seed
+        return pixels
+
+    for split, patients in (("train", (1, 2)), ("val", (3,))):
+        for n in patients:
+            for side in "LR":
+                folder = source / split / str(n % 5)
+                folder.mkdir(parents=True, exist_ok=True)
+                # PACS-style name: a UID without an image suffix; the file says the side.
+                (folder / f"1.2.826.0.{n}.{ord(side)}").write_bytes(dicom_bytes(
+                    film(10 * n + (side == "R")), Modality="DX", ImageLaterality=side))
+    # The name says L, the file says R.
+    (source / "train/1/99L.dcm").write_bytes(dicom_bytes(film(99), Modality="CR",
+                                                         ImageLaterality="R"))
+    report = ingestion.ingest(source, tmp_path / "out")
+    records = _read_records(tmp_path / "out/train/data.tfrecord")
+    assert report.total_images == 7 and report.excluded == []
+    by_source = {r["source"]: r for r in records}
+    assert by_source["train/1/1.2.826.0.1.76"]["side"] == "L"
+    assert by_source["train/1/1.2.826.0.1.82"]["side"] == "R"
+    assert by_source["train/1/99L.dcm"]["side"] == "R"  # the file's laterality wins
+    pixels = _pixels(by_source["train/1/99L.dcm"]["image"])
+    assert pixels.dtype == np.uint16 and len(np.unique(pixels)) == len(np.unique(film(99)))
+    assert by_source["train/2/1.2.826.0.2.76"]["facts"] == {
+        "image_format": "dicom", "image_height": 8, "image_width": 512, "bit_depth": 12,
+        "channels": 1, "exif_orientation": 1, "modality": "DX"}
+    # Patient ids from UID file names cannot keep a patient's knees together: said so.
+    assert any("patient_id in a manifest" in w for w in report.warnings)
+    for record in records:
+        assert PATIENT_SECRET not in record["image"]
+
+
+PATIENT_SECRET = b"PID-SECRET-1"
+
+
+def test_a_manifest_side_contradicting_the_dicom_laterality_excludes_it(tmp_path):
+    from dicom_testlib import dicom_bytes, ramp
+
+    source, rows = _manifest_source(tmp_path / "src")
+    (source / "img/knee.dcm").write_bytes(dicom_bytes(ramp(), ImageLaterality="R"))
+    rows[0] += ",side"
+    rows += ["img/knee.dcm,1,P99,L"]
+    (source / "labels.csv").write_text("\n".join(rows) + "\n")
+    report = ingestion.ingest(source, tmp_path / "out", manifest=source / "labels.csv")
+    assert report.excluded == [{
+        "path": "img/knee.dcm",
+        "reason": "the manifest's side L contradicts the DICOM laterality R"}]
+
+
+def _split_anomalies(out: Path, tmp_path: Path) -> list[str]:
+    """The lines the pipeline's AnomalyGate prints for ``out``, from TFDV and the schema."""
+    import tensorflow as tf
+    import tensorflow_data_validation as tfdv
+    from tensorflow_data_validation.statistics import stats_impl
+    from tfx_bsl.coders import example_coder
+
+    from components.anomaly_gate import describe_anomalies
+
+    schema = tfdv.load_schema_text(str(_REPO / "pipeline" / "schema.pbtxt"))
+    anomalies_dir = tmp_path / "anomalies"
+    splits = sorted(p.name for p in out.iterdir() if p.is_dir())
+    for split in splits:
+        # In memory, as StatisticsGen computes them, without starting a Beam pipeline.
+        records = [r.numpy() for r in tf.data.TFRecordDataset(str(out / split / ingestion.RECORD_NAME))]
+        batch = example_coder.ExamplesToRecordBatchDecoder().DecodeBatch(records)
+        anomalies = tfdv.validate_statistics(stats_impl.generate_statistics_in_memory(batch), schema)
+        (anomalies_dir / f"Split-{split}").mkdir(parents=True)
+        (anomalies_dir / f"Split-{split}" / "SchemaDiff.pb").write_bytes(
+            anomalies.SerializeToString())
+    return describe_anomalies(str(anomalies_dir), splits)
+
+
+def test_the_schema_stops_new_kinds_of_film_naming_feature_and_split(tmp_path):
+    from dicom_testlib import dicom_bytes, ramp
+
+    source = tmp_path / "src"
+    rng = np.random.default_rng(0)
+
+    def film(size=(128, 128), dtype=np.uint8, top=255):
+        return rng.integers(0, top + 1, size).astype(dtype)
+
+    for n in range(10):  # what the schema describes: 8-bit grey upright PNGs
+        for split, offset in (("train", 100), ("val", 200)):
+            path = source / split / str(n % 5) / f"{offset + n}L.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(film()).save(path)
+    val = source / "val"
+    Image.fromarray(film(dtype=np.uint16, top=4095)).save(val / "0/301L.png")  # 12 bits in 16
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(film()).save(val / "1/302L.jpg", "JPEG", exif=exif.tobytes())
+    Image.fromarray(film((32, 32))).save(val / "2/303L.png")  # a thumbnail
+    Image.fromarray(film((128, 128, 3))).save(val / "3/304L.png")  # colour
+    (val / "4/305L.dcm").write_bytes(dicom_bytes(ramp(12, 128, 128), Modality="MR"))
+
+    ingestion.ingest(source, tmp_path / "out")
+    problems = _split_anomalies(tmp_path / "out", tmp_path)
+    flagged = {line.split(":")[0] for line in problems}
+    assert flagged == {f"split 'eval', feature '{key}'" for key in (
+        "bit_depth", "exif_orientation", "image_format", "image_height", "image_width",
+        "channels", "modality")}, problems

@@ -5,21 +5,16 @@ import os
 import pytest
 import tensorflow as tf
 
-from components import features
+from components import features, image_files, ingestion
 from components.anomaly_gate import DataAnomalyError
 from pipeline import configs, local_runner
 from conftest import tiny_params
 
 
 def _example(grade: int, side: bytes) -> bytes:
-    def b(value):
-        return tf.train.Feature(bytes_list=tf.train.BytesList(value=[value]))
-    png = tf.io.encode_png(tf.zeros([32, 32, 1], tf.uint8)).numpy()
-    return tf.train.Example(features=tf.train.Features(feature={
-        features.IMAGE_KEY: b(png),
-        features.LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[grade])),
-        features.PATIENT_KEY: b(b"p1"), features.SIDE_KEY: b(side), features.SOURCE_KEY: b(b"x"),
-    })).SerializeToString()
+    png = tf.io.encode_png(tf.zeros([128, 128, 1], tf.uint8)).numpy()
+    return ingestion.serialized_example(image_files.read_radiograph(png), grade=grade,
+                                        patient="p1", side=side.decode(), source="x")
 
 
 @pytest.mark.slow
