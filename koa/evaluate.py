@@ -73,7 +73,9 @@ def load_labelled_set(data: str, root: Optional[str] = None) -> LabelledSet:
         scan = ingest_sources.scan_manifest(Path(root) if root else path.parent, path)
     else:
         raise FileNotFoundError(f"{data} does not exist")
-    labelled = LabelledSet(grades={}, excluded=list(scan.excluded))
+    # Scanners that report repeated manifest rows themselves list them here.
+    labelled = LabelledSet(grades={}, excluded=list(scan.excluded),
+                           repeats=len(getattr(scan, "repeated_rows", ())))
     conflicting = set()
     for item in scan.items:
         key = str(item.path)

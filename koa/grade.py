@@ -17,16 +17,12 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, List, Optional, Sequence
 
-from components import features, ingest_sources
-from webapp import images as _decoder
+from components import features, image_files, ingest_sources
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_SERVER = "localhost:8500"
 DEFAULT_BATCH_SIZE = 16
-# Same bound as the web app's default (KOA_MAX_IMAGE_PIXELS): larger files are refused
-# as possible decompression bombs.
-MAX_IMAGE_PIXELS = 64_000_000
 # Files picked from a folder; a file named on the command line is always tried.
 FOLDER_SUFFIXES = frozenset(ingest_sources.IMAGE_SUFFIXES) | {".dcm", ".dicom"}
 
@@ -90,7 +86,9 @@ class FileResult:
 
 
 def model_input(data: bytes) -> bytes:
-    """The bytes the model takes for one file (PNG; JPEG upright; DICOM through its LUTs).
+    """The bytes the model takes for one file, by the product's one decode path
+    (components/image_files.py, as `koa ingest` and the web app; larger than
+    ``image_files.DEFAULT_MAX_PIXELS`` is refused).
 
     Args:
         data: the file's bytes (PNG, JPEG or DICOM).
@@ -99,9 +97,10 @@ def model_input(data: bytes) -> bytes:
         Encoded PNG bytes for the serving signature's ``image_bytes``.
 
     Raises:
-        ValueError: the file cannot be graded; the message is the reason.
+        components.image_files.UnreadableImageError (a ValueError): the file cannot be
+            graded; the message is the reason.
     """
-    return _decoder.prepare_upload(data, MAX_IMAGE_PIXELS).png
+    return image_files.read_radiograph(data).png
 
 
 def collect_files(paths: Sequence[str]) -> List[str]:
@@ -180,6 +179,7 @@ class ServerBackend:
         return [Prediction(
             grade=p.grade, probabilities=p.probabilities, expected_grade=p.expected_grade,
             out_of_distribution=p.out_of_distribution, ood_score=p.ood_score,
+            # Clients that do not parse the reason output yet have no such field.
             ood_reason=getattr(p, "ood_reason", None) or "",
             model_name=p.model_name, model_version=p.model_version) for p in served]
 
@@ -277,7 +277,7 @@ def predictions_from_outputs(outputs: dict, count: int, model_name: str,
                          f"expected {(count, features.NUM_GRADES)}")
     flags = outputs.get(features.OOD_FLAG_OUTPUT)
     scores = outputs.get(features.OOD_SCORE_OUTPUT)
-    reasons = _reason_output(outputs)
+    reasons = outputs.get(features.OOD_REASON_OUTPUT)
     return [Prediction(
         grade=int(outputs[features.GRADE_OUTPUT][row]),
         probabilities=tuple(float(p) for p in probabilities[row]),
@@ -286,11 +286,6 @@ def predictions_from_outputs(outputs: dict, count: int, model_name: str,
         ood_score=float(scores[row]) if scores is not None else None,
         ood_reason=_text(reasons[row]) if reasons is not None else "",
         model_name=model_name, model_version=model_version) for row in range(count)]
-
-
-def _reason_output(outputs: dict):
-    name = getattr(features, "OOD_REASON_OUTPUT", None)
-    return outputs.get(name) if name else None
 
 
 def _text(value) -> str:

@@ -203,3 +203,17 @@ def test_outputs_without_the_optional_checks_give_empty_cells():
     assert row["out_of_distribution"] == "no"
     with pytest.raises(grade.GradeError, match="probabilities of shape"):
         grade.predictions_from_outputs(outputs, 2, "old", 3)
+
+
+def test_the_models_reason_reaches_the_row():
+    outputs = {features.PROBABILITIES_OUTPUT: np.array([[0.1, 0.2, 0.3, 0.3, 0.1]] * 2),
+               features.GRADE_OUTPUT: np.array([2, 3]),
+               features.EXPECTED_GRADE_OUTPUT: np.array([2.1, 2.1]),
+               features.OOD_SCORE_OUTPUT: np.array([0.2, 3.0]),
+               features.OOD_FLAG_OUTPUT: np.array([False, True]),
+               features.OOD_REASON_OUTPUT: np.array([b"", b"inverted,rotated"], dtype=object)}
+    rows = [grade.result_row(grade.FileResult("f.png", p))
+            for p in grade.predictions_from_outputs(outputs, 2, "koa", 4)]
+    assert [(r["out_of_distribution"], r["ood_reason"]) for r in rows] == [
+        ("no", ""), ("yes", "inverted,rotated")]
+    assert rows[1]["ood_score"] == "3.0000" and rows[1]["model_version"] == 4
