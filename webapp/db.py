@@ -15,13 +15,27 @@ def make_engine(database_url: str) -> sa.Engine:
     """Creates an engine; SQLite gets foreign keys, WAL and a busy timeout.
 
     Args:
-        database_url: A SQLAlchemy URL, e.g. ``sqlite:///path`` or ``postgresql://...``.
+        database_url: A SQLAlchemy URL, e.g. ``sqlite:///path`` or
+            ``postgresql://user:password@host/koa``. A ``postgresql://`` URL without a
+            driver uses psycopg 3, the driver the project installs.
+
+    Raises:
+        sqlalchemy.exc.ArgumentError: if the URL cannot be parsed.
     """
+    url = sa.make_url(database_url)
     connect_args = {}
-    if database_url.startswith("sqlite"):
+    options = {}
+    if url.get_backend_name() == "sqlite":
         # Waitress serves requests from several threads; each uses its own connection.
         connect_args = {"check_same_thread": False, "timeout": 30}
-    engine = sa.create_engine(database_url, connect_args=connect_args, future=True)
+    else:
+        if url.drivername == "postgresql":
+            # SQLAlchemy's default PostgreSQL driver is psycopg2, which is not installed.
+            url = url.set(drivername="postgresql+psycopg")
+        # A database server restarts; a pooled connection it closed is replaced on checkout
+        # instead of failing the next request.
+        options["pool_pre_ping"] = True
+    engine = sa.create_engine(url, connect_args=connect_args, **options)
     if engine.dialect.name == "sqlite":
 
         @sa.event.listens_for(engine, "connect")

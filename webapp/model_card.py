@@ -12,6 +12,7 @@ import threading
 from typing import Optional, Sequence
 
 from components import features
+from webapp.models import Prediction
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,22 @@ def _check_schema(card: dict, path: str) -> None:
     for key in ("lineage", "thresholds", "decision"):
         if not isinstance(card.get(key, {}), dict):
             raise ModelCardError(f"{path}: '{key}' must be an object")
+    _check_recorded_values(card, path)
+
+
+def _check_recorded_values(card: dict, path: str) -> None:
+    # Every prediction records these in VARCHAR columns. PostgreSQL refuses a longer value,
+    # and the upload with it (SQLite would store it), so such a card is malformed.
+    columns = Prediction.__table__.c
+    lineage = card.get("lineage") or {}
+    for name, value, column in (
+        ("pushed_at", card.get("pushed_at"), columns.model_pushed_at),
+        ("lineage.dvc_data_md5", lineage.get("dvc_data_md5"), columns.data_version),
+        ("lineage.data_hash", lineage.get("data_hash"), columns.data_version),
+    ):
+        if value is not None and (not isinstance(value, str) or len(value) > column.type.length):
+            raise ModelCardError(
+                f"{path}: '{name}' must be a string of at most {column.type.length} characters")
 
 
 def load_model_card(model_base_path: Optional[str], version: int) -> Optional[dict]:

@@ -3,15 +3,23 @@
 The model server is the project's real one (``python -m serving``), started once
 per session on a small real SavedModel (``tests/models/tiny_model.py``, built in a
 subprocess so this process never imports TensorFlow). Each test gets a fresh
-app on a temporary SQLite database migrated with Alembic, a test client, and an
-``auth`` helper that signs in through the real login form, CSRF token included.
+app on a fresh database migrated with Alembic, a test client, and an ``auth``
+helper that signs in through the real login form, CSRF token included.
+
+The database is SQLite, and for the modules in ``POSTGRES_MODULES`` also a real
+PostgreSQL server (``postgres.py``: Debian's binaries, started once per session in a
+temporary directory); those tests run once per database, ids ``[sqlite]`` and
+``[postgresql]``. Without the server binaries the PostgreSQL runs skip with the reason.
 """
 
+import itertools
 import os
 import subprocess
 import sys
 
 import pytest
+
+import postgres
 
 from components import features
 from koa.processes import ChildProcess, free_port
@@ -30,6 +38,61 @@ from webapp_testlib import (
 
 
 _SERVER_START_SECONDS = 180
+
+DATABASES = ("sqlite", "postgresql")
+# Test modules run on both databases: the migrations, and the modules that write and query
+# every table (uploads, history filters and paging, the API, sign-in sessions, rate
+# limiting, user administration). The rest only render pages from what these store.
+POSTGRES_MODULES = {
+    "test_webapp_cli",
+    "test_webapp_auth",
+    "test_webapp_history_api",
+    "test_webapp_predict",
+}
+
+
+def pytest_generate_tests(metafunc):
+    if "database_kind" in metafunc.fixturenames and metafunc.module.__name__ in POSTGRES_MODULES:
+        metafunc.parametrize("database_kind", DATABASES, indirect=True)
+
+
+@pytest.fixture
+def database_kind(request) -> str:
+    """The database this test runs on: "postgresql" where parametrised, else "sqlite"."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server for this session; skips the test when none can be started."""
+    reason = postgres.unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    server = postgres.PostgresServer(postgres.find_bin_dir())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def new_database_url(database_kind, request, tmp_path):
+    """A factory of URLs of new, empty databases of this test's kind."""
+    if database_kind == "sqlite":
+        numbers = itertools.count()
+        yield lambda: f"sqlite:///{tmp_path}/webapp-{next(numbers)}.sqlite"
+        return
+    server = request.getfixturevalue("postgres_server")
+    made = []
+
+    def factory() -> str:
+        made.append(server.create_database())
+        return made[-1]
+
+    yield factory
+    for url in made:
+        server.drop_database(url)
 
 
 def _subprocess_env() -> dict:
@@ -80,7 +143,7 @@ def serving_target(model_base_path, tmp_path_factory):
 
 
 @pytest.fixture
-def make_app(tmp_path, serving_target, model_base_path):
+def make_app(new_database_url, serving_target, model_base_path):
     """Builds a migrated app; keyword arguments override its config."""
     built = []
 
@@ -88,7 +151,7 @@ def make_app(tmp_path, serving_target, model_base_path):
         config = {
             "TESTING": True,
             "SECRET_KEY": "test-secret-key-" + "x" * 32,
-            "DATABASE_URL": f"sqlite:///{tmp_path}/webapp-{len(built)}.sqlite",
+            "DATABASE_URL": new_database_url(),
             "KOA_SERVING_TARGET": serving_target,
             "KOA_MODEL_NAME": "koa",
             "KOA_MODEL_BASE_PATH": model_base_path,
