@@ -116,6 +116,13 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _log_database_error(e: Exception) -> None:
+    # The driver's own message (unreachable host, refused password) without SQLAlchemy's
+    # statement dump; neither carries the password of DATABASE_URL.
+    reason = getattr(e, "orig", None) or e
+    logger.error("cannot use the database of DATABASE_URL: %s", str(reason).strip())
+
+
 def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -131,12 +138,16 @@ def serve_main(argv: Optional[Sequence[str]] = None) -> int:
     """
     _setup_logging()
     args = _serve_parser().parse_args(argv)
+    from webapp.migrate import MigrationError
     from webapp.settings import SettingsError
 
     try:
         return _serve(args)
     except SettingsError as e:
         logger.error("%s", e)
+        return 2
+    except (sa.exc.OperationalError, MigrationError) as e:
+        _log_database_error(e)
         return 2
 
 
@@ -156,6 +167,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     from webapp import create_app
+    from webapp.migrate import MigrationError
     from webapp.settings import SettingsError
 
     try:
@@ -171,4 +183,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     except (SettingsError, CommandError) as e:
         logger.error("%s", e)
+        return 2
+    except (sa.exc.OperationalError, MigrationError) as e:
+        _log_database_error(e)
         return 2
