@@ -62,7 +62,9 @@ def _decode_16_bit_png(image_bytes: tf.Tensor) -> tf.Tensor:
     keeps 65535.
     """
     pixels = tf.io.decode_png(image_bytes, channels=0, dtype=tf.uint16)
-    peak = tf.cast(tf.reduce_max(pixels), tf.int32)
+    # The peak of the gray or colour samples: an opaque alpha channel is always 65535.
+    colour_channels = tf.where(tf.shape(pixels)[-1] >= 3, 3, 1)
+    peak = tf.cast(tf.reduce_max(pixels[..., :colour_channels]), tf.int32)
     scales = tf.constant(_FULL_SCALES, tf.int32)
     scale = tf.gather(scales, tf.argmax(tf.cast(scales >= peak, tf.int32)))
     return tf.cast(pixels, tf.float32) / tf.cast(scale, tf.float32)

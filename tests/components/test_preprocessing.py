@@ -135,6 +135,13 @@ def test_10_to_16_bit_data_in_a_16_bit_png_gives_the_8_bit_image(tmp_path):
     assert np.abs(decoded - decoded[0]).max() < 0.5 / 255 + 1e-6
     equalised = _run(stored)
     assert np.abs(equalised - equalised[0]).mean(axis=(1, 2, 3)).max() < 0.01
+    # Gray + alpha and RGBA 16-bit PNGs: the opaque alpha (65535) does not set the scale.
+    twelve = np.round(film * 4095.0 / 255.0).astype(np.uint16)[..., None]
+    opaque = np.full_like(twelve, 65535)
+    for pixels in (np.concatenate([twelve, opaque], -1),
+                   np.concatenate([twelve] * 3 + [opaque], -1)):
+        decoded_alpha = preprocessing.decode_image(tf.io.encode_png(pixels), 64).numpy()
+        assert np.abs(decoded_alpha - decoded[0]).max() < 0.5 / 255 + 1e-3
     # A 12-bit film whose brightest pixel is under full scale still maps by 4095.
     dim = np.round(film * 3000.0 / 255.0).astype(np.uint16)
     assert dim.max() == 3000
