@@ -154,7 +154,8 @@ def _page_flow(session: requests.Session, url: str, csrf: str, image: bytes) -> 
     """Upload through the clinician page, then load the result page it redirects to."""
     response = session.post(
         url + "/predictions",
-        data={"csrf_token": csrf},
+        # Every upload names the knee's side (PNGs carry no laterality).
+        data={"csrf_token": csrf, "side": "L"},
         files={"files": ("knee.png", image, "image/png")},
         timeout=60,
         allow_redirects=False,
@@ -168,7 +169,7 @@ def _page_flow(session: requests.Session, url: str, csrf: str, image: bytes) -> 
 
 def _api_flow(http: requests.Session, url: str, api_token: str, image: bytes) -> None:
     response = http.post(
-        url + "/api/v1/predictions",
+        url + "/api/v1/predictions?side=L",
         data=image,
         headers={"Authorization": f"Bearer {api_token}", "Content-Type": "image/png"},
         timeout=60,

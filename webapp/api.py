@@ -67,9 +67,11 @@ def _uploaded_file():
 def create_prediction():
     """Grades one image: multipart field ``image``, or the raw bytes as the body.
 
-    ``?explain=true`` also computes the Grad-CAM heatmap (slower).
-    Returns 201 with the prediction, 400 for a bad image, 503 (upload kept) when
-    the model server is unavailable.
+    ``side`` (L or R; required unless the DICOM file records its laterality, which
+    then wins) and ``study_reference`` (optional) come as form fields or query
+    arguments. ``?explain=true`` also computes the Grad-CAM heatmap (slower).
+    Returns 201 with the prediction, 400 for a bad image, side or reference (with
+    ``field`` naming which), 503 (upload kept) when the model server is unavailable.
     """
     filename, data = _uploaded_file()
     if data is None:
@@ -80,7 +82,17 @@ def create_prediction():
         )
     explain = request.args.get("explain", "").lower() in ("1", "true", "yes")
     try:
-        prediction = grading.grade_upload(get_session(), g.api_user, filename, data, explain=explain)
+        prediction = grading.grade_upload(
+            get_session(),
+            g.api_user,
+            filename,
+            data,
+            side=request.values.get("side"),
+            study_reference=request.values.get("study_reference"),
+            explain=explain,
+        )
+    except grading.UploadDetailsError as e:
+        return error_response(400, str(e), field=e.field)
     except (ImageError, grading.ModelRejectedImageError) as e:
         return error_response(400, str(e))
     body = prediction_json(prediction)
@@ -100,7 +112,8 @@ def create_prediction():
 @token_required
 def list_predictions():
     """History as JSON: ``page``, ``per_page`` (max 100) and the history filters
-    (``q``, ``grade``, ``status``, ``from``, ``to``, ``user`` for admins)."""
+    (``q`` matching file name, study reference or ``#id``; ``grade``, ``status``,
+    ``side``, ``from``, ``to``, ``user`` for admins)."""
     try:
         flt = parse_filter(request.args)
         page = page_number(request.args)

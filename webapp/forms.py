@@ -2,10 +2,10 @@
 
 from flask_wtf import FlaskForm
 from flask_wtf.file import MultipleFileField
-from wtforms import PasswordField, SelectField, StringField
+from wtforms import PasswordField, RadioField, SelectField, StringField
 from wtforms.validators import DataRequired, EqualTo, Length, Regexp
 
-from webapp.models import MIN_PASSWORD_LENGTH, ROLES
+from webapp.models import MIN_PASSWORD_LENGTH, ROLES, STUDY_REFERENCE_MAX_LENGTH
 
 USERNAME_PATTERN = r"^[A-Za-z0-9_.@-]+$"
 
@@ -18,9 +18,22 @@ class LoginForm(FlaskForm):
 
 
 class UploadForm(FlaskForm):
-    """One or more radiographs (PNG, JPEG or DICOM)."""
+    """One or more radiographs (PNG, JPEG or DICOM), the batch's side and study reference.
+
+    Only the CSRF token is validated here; the side and reference are checked by
+    webapp.grading for the pages and the API alike (one rule, one message).
+    """
 
     files = MultipleFileField("Radiographs")
+    side = RadioField(
+        "Knee side",
+        choices=[("L", "Left"), ("R", "Right"), ("", "Choose per file")],
+        default="",
+        validate_choice=False,
+    )
+    study_reference = StringField(
+        "Study reference (optional)", render_kw={"maxlength": STUDY_REFERENCE_MAX_LENGTH}
+    )
 
 
 class ConfirmForm(FlaskForm):

@@ -21,7 +21,8 @@ _CSV_BATCH = 500
 @bp.route("/history")
 @login_required
 def index():
-    """History page: filters (text, grade, status, dates, user for admins) and pages."""
+    """History page: filters (text matching file name, study reference or #id; grade,
+    status, side, dates, user for admins) and pages."""
     try:
         flt = parse_filter(request.args)
         page = page_number(request.args)

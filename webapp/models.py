@@ -20,6 +20,17 @@ STATUS_DONE = "done"
 STATUS_FAILED = "failed"
 STATUSES = (STATUS_DONE, STATUS_FAILED)
 
+# The knee's side, as DICOM writes laterality (PS3.3 C.7.3.1: L, R).
+SIDE_LEFT = "L"
+SIDE_RIGHT = "R"
+SIDES = (SIDE_LEFT, SIDE_RIGHT)
+SIDE_NAMES = {SIDE_LEFT: "left", SIDE_RIGHT: "right"}
+# Where a recorded side came from.
+SIDE_FROM_DICOM = "dicom"
+SIDE_FROM_USER = "user"
+
+STUDY_REFERENCE_MAX_LENGTH = 64
+
 MIN_PASSWORD_LENGTH = 12
 
 
@@ -146,6 +157,17 @@ class Prediction(Base):
     # The model's out-of-distribution check; NULL when the model had none.
     out_of_distribution: Mapped[Optional[bool]] = mapped_column(sa.Boolean, nullable=True)
     ood_score: Mapped[Optional[float]] = mapped_column(sa.Float, nullable=True)
+    # The knee's side, L or R (NULL only for rows graded before sides were recorded).
+    side: Mapped[Optional[str]] = mapped_column(sa.String(1), nullable=True, index=True)
+    # "dicom" (the file's laterality attribute) or "user" (chosen at upload).
+    side_source: Mapped[Optional[str]] = mapped_column(sa.String(8), nullable=True)
+    # What the user chose, kept when the file's attribute overrode it (shown as a warning).
+    side_chosen: Mapped[Optional[str]] = mapped_column(sa.String(1), nullable=True)
+    # Identifying data the user chose to type (accession or local study number);
+    # prior films are matched on it and the side.
+    study_reference: Mapped[Optional[str]] = mapped_column(
+        sa.String(STUDY_REFERENCE_MAX_LENGTH), nullable=True, index=True
+    )
 
     user: Mapped[User] = relationship()
     image: Mapped["PredictionImage"] = relationship(
@@ -165,6 +187,16 @@ class Prediction(Base):
     def is_graded(self) -> bool:
         """A grade exists and may be presented as a result."""
         return self.is_done and not self.out_of_distribution
+
+    @property
+    def side_name(self) -> Optional[str]:
+        """"left", "right", or None for rows graded before sides were recorded."""
+        return SIDE_NAMES.get(self.side or "")
+
+    @property
+    def side_overridden(self) -> bool:
+        """The file's laterality attribute contradicted the side the user chose."""
+        return bool(self.side_chosen) and self.side_chosen != self.side
 
 
 class PredictionImage(Base):

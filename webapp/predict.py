@@ -20,7 +20,7 @@ from webapp.errors import error_response, wants_json
 from webapp.forms import ConfirmForm, UploadForm
 from webapp.image_errors import ImageError
 from webapp.models import STATUS_DONE, PredictionImage, utcnow
-from webapp.queries import get_visible_prediction
+from webapp.queries import get_visible_prediction, prior_films
 from webapp.serialize import NOT_GRADED_MESSAGE, prediction_json
 
 bp = Blueprint("predict", __name__)
@@ -78,10 +78,21 @@ def create():
         return error_response(400, "No file was uploaded: choose a PNG, JPEG or DICOM image.")
     session = get_session()
     outcomes = []
+    fields = {}
     for storage in files:
         name = grading.display_filename(storage.filename)
         try:
-            prediction = grading.grade_upload(session, current_user, storage.filename, storage.read())
+            prediction = grading.grade_upload(
+                session,
+                current_user,
+                storage.filename,
+                storage.read(),
+                side=form.side.data,
+                study_reference=form.study_reference.data,
+            )
+        except grading.UploadDetailsError as e:
+            fields[name] = e.field
+            outcomes.append((name, None, str(e)))
         except (ImageError, grading.ModelRejectedImageError) as e:
             outcomes.append((name, None, str(e)))
         else:
@@ -89,7 +100,9 @@ def create():
     if len(outcomes) == 1:
         name, prediction, problem = outcomes[0]
         if problem:
-            return error_response(400, f"{name}: {problem}")
+            # "field" lets the upload page put the cursor where the correction goes.
+            extra = {"field": fields[name]} if name in fields else {}
+            return error_response(400, f"{name}: {problem}", **extra)
         if prediction.status != STATUS_DONE:
             return _unavailable(prediction)
         if wants_json():
@@ -130,7 +143,8 @@ def _has_heatmap(session, prediction) -> bool:
 @bp.route("/predictions/<id:prediction_id>")
 @login_required
 def result(prediction_id: int):
-    """One prediction's result page (or its failure and a retry button).
+    """One prediction's result page (or its failure and a retry button), with the
+    earlier films of the same study reference and side.
 
     Raises:
         404 if the prediction does not exist; 403 if it is another user's.
@@ -140,6 +154,7 @@ def result(prediction_id: int):
     return render_template(
         "predict/result.html",
         prediction=prediction,
+        priors=prior_films(session, current_user, prediction),
         has_heatmap=_has_heatmap(session, prediction),
         retry_form=ConfirmForm(),
         synthetic_model=_synthetic_model(prediction),
@@ -162,12 +177,14 @@ def report(prediction_id: int):
     Raises:
         404 if missing; 403 if another user's; 409 if it was never graded.
     """
-    prediction = get_visible_prediction(get_session(), current_user, prediction_id)
+    session = get_session()
+    prediction = get_visible_prediction(session, current_user, prediction_id)
     if not prediction.is_done:
         return error_response(409, "This upload has not been graded yet; retry it first.")
     return render_template(
         "predict/report.html",
         prediction=prediction,
+        priors=prior_films(session, current_user, prediction),
         has_heatmap=_has_heatmap(get_session(), prediction),
         printed_at=utcnow(),
         synthetic_model=_synthetic_model(prediction),

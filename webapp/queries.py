@@ -8,7 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import Forbidden, NotFound
 
-from webapp.models import STATUSES, Prediction, User
+from webapp.models import SIDES, STATUS_DONE, STATUSES, Prediction, User
 from webapp.row_ids import ascii_int, parse_row_id
 
 
@@ -26,6 +26,7 @@ class HistoryFilter:
     username: str = ""
     date_from: Optional[dt.date] = None
     date_to: Optional[dt.date] = None
+    side: Optional[str] = None
 
     def as_args(self) -> dict:
         """The filter as query-string arguments (for pagination and CSV links)."""
@@ -36,6 +37,7 @@ class HistoryFilter:
             "user": self.username,
             "from": self.date_from.isoformat() if self.date_from else "",
             "to": self.date_to.isoformat() if self.date_to else "",
+            "side": self.side or "",
         }
         return {k: v for k, v in args.items() if v}
 
@@ -65,7 +67,11 @@ def parse_filter(args) -> HistoryFilter:
     status = (args.get("status") or "").strip() or None
     if status is not None and status not in STATUSES:
         raise SearchError(f"'status' must be one of {', '.join(STATUSES)}, got {status!r}")
+    side = (args.get("side") or "").strip().upper() or None
+    if side is not None and side not in SIDES:
+        raise SearchError(f"'side' must be L or R, got {side[:20]!r}")
     return HistoryFilter(
+        side=side,
         text=(args.get("q") or "").strip()[:200],
         grade=grade,
         status=status,
@@ -90,8 +96,10 @@ def history_query(user: User, flt: HistoryFilter) -> sa.Select:
     elif flt.username:
         query = query.where(User.username == flt.username)
     if flt.text:
+        pattern = f"%{_escape_like(flt.text)}%"
         conditions = [
-            Prediction.original_filename.ilike(f"%{_escape_like(flt.text)}%", escape="\\")
+            Prediction.original_filename.ilike(pattern, escape="\\"),
+            Prediction.study_reference.ilike(pattern, escape="\\"),
         ]
         row_id = parse_row_id(flt.text.lstrip("#"))
         if row_id is not None:
@@ -104,6 +112,8 @@ def history_query(user: User, flt: HistoryFilter) -> sa.Select:
         )
     if flt.status:
         query = query.where(Prediction.status == flt.status)
+    if flt.side:
+        query = query.where(Prediction.side == flt.side)
     if flt.date_from:
         query = query.where(Prediction.created_at >= dt.datetime.combine(flt.date_from, dt.time()))
     if flt.date_to:
@@ -174,3 +184,38 @@ def get_visible_prediction(session: Session, user: User, prediction_id: int) -> 
     if prediction.user_id != user.id and not user.is_admin:
         raise Forbidden("This prediction belongs to another user.")
     return prediction
+
+
+# Enough films to see a knee's course over years of follow-up on one screen.
+PRIOR_FILMS_LIMIT = 12
+
+
+def prior_films(
+    session: Session, user: User, prediction: Prediction, limit: int = PRIOR_FILMS_LIMIT
+) -> list:
+    """Earlier graded or checked films of the same study reference and side, newest first.
+
+    Only films ``user`` may see (their own; everyone's for an admin); failed uploads
+    (never graded) are left out. Empty when the prediction has no reference or side.
+
+    Returns:
+        Up to ``limit`` Prediction rows created before ``prediction``.
+    """
+    if not prediction.study_reference or not prediction.side:
+        return []
+    query = sa.select(Prediction).where(
+        Prediction.study_reference == prediction.study_reference,
+        Prediction.side == prediction.side,
+        Prediction.status == STATUS_DONE,
+        Prediction.id != prediction.id,
+        sa.or_(
+            Prediction.created_at < prediction.created_at,
+            sa.and_(
+                Prediction.created_at == prediction.created_at, Prediction.id < prediction.id
+            ),
+        ),
+    )
+    if not user.is_admin:
+        query = query.where(Prediction.user_id == user.id)
+    query = query.order_by(Prediction.created_at.desc(), Prediction.id.desc()).limit(limit)
+    return list(session.scalars(query))

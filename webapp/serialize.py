@@ -13,7 +13,8 @@ NOT_GRADED_MESSAGE = (
 )
 
 CSV_COLUMNS = (
-    ["id", "created_at", "user", "file", "format", "status", "grade", "grade_name"]
+    ["id", "created_at", "user", "file", "format", "study_reference", "side", "side_source"]
+    + ["side_chosen", "status", "grade", "grade_name"]
     + [f"p_{name.lower()}" for name in GRADE_NAMES]
     + ["expected_grade", "confidence", "model_name", "model_version", "model_pushed_at"]
     + ["data_version", "attempts", "error", "out_of_distribution", "ood_score"]
@@ -29,6 +30,12 @@ def prediction_json(prediction: Prediction) -> dict:
         "user": prediction.user.username,
         "file": prediction.original_filename,
         "format": prediction.source_format,
+        # The identifying reference the user typed (null when none).
+        "study_reference": prediction.study_reference,
+        "side": prediction.side,
+        "side_source": prediction.side_source,
+        # Set when the file's laterality attribute overrode the user's choice.
+        "side_chosen": prediction.side_chosen if prediction.side_overridden else None,
         "width": prediction.image_width,
         "height": prediction.image_height,
         "attempts": prediction.attempts,
@@ -86,6 +93,10 @@ def prediction_csv_rows(predictions: Iterable[Prediction]) -> Iterable[List]:
             p.user.username,
             p.original_filename,
             p.source_format,
+            p.study_reference,
+            p.side,
+            p.side_source,
+            p.side_chosen if p.side_overridden else None,
             p.status,
             p.grade if graded else None,
             p.grade_name if graded else None,

@@ -157,7 +157,7 @@ def test_api_post_and_get(client, auth, direct_client):
     image = wi.png_of_grade(2)
     created = client.post(
         "/api/v1/predictions",
-        data={"image": (io.BytesIO(image), "api.png")},
+        data={"image": (io.BytesIO(image), "api.png"), "side": "L"},
         headers=headers,
         content_type="multipart/form-data",
     )
@@ -170,7 +170,7 @@ def test_api_post_and_get(client, auth, direct_client):
     assert created.headers["Location"] == f"/api/v1/predictions/{body['id']}"
 
     raw = client.post(
-        "/api/v1/predictions?explain=true",
+        "/api/v1/predictions?explain=true&side=right",
         data=wi.png_of_grade(4),
         headers={**headers, "Content-Type": "image/png", "X-Filename": "raw.png"},
     )
@@ -247,7 +247,7 @@ def test_api_reports_unavailable_server_with_the_kept_upload(make_app):
     )
     token = TOKEN_RE.search(created.get_data(as_text=True)).group(1)
     response = client.post(
-        "/api/v1/predictions",
+        "/api/v1/predictions?side=L",
         data=wi.gradient_png(),
         headers={"Authorization": f"Bearer {token}", "Content-Type": "image/png"},
     )

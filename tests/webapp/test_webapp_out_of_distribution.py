@@ -104,7 +104,7 @@ def _token(client, auth):
 def _api_post(client, headers, name, data):
     response = client.post(
         "/api/v1/predictions",
-        data={"image": (io.BytesIO(data), name)},
+        data={"image": (io.BytesIO(data), name), "side": "R"},
         headers=headers,
         content_type="multipart/form-data",
     )

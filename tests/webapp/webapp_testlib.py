@@ -43,7 +43,7 @@ class AuthActions:
         return self._client.post("/auth/logout", data={"csrf_token": csrf_token(self._client, "/")})
 
 
-def upload(client, files, *, json_response=False, token=None):
+def upload(client, files, *, json_response=False, token=None, side="R", study_reference=None):
     """Posts files to the upload endpoint.
 
     Args:
@@ -51,11 +51,17 @@ def upload(client, files, *, json_response=False, token=None):
         files: List of (filename, bytes).
         json_response: Ask for JSON like the page's script does.
         token: CSRF token to send (a fresh valid one when None).
+        side: The side chosen on the form ("L", "R"; None sends no choice).
+        study_reference: The reference typed on the form (None sends none).
     """
     data = {
         "csrf_token": csrf_token(client, "/") if token is None else token,
         "files": [(io.BytesIO(content), name) for name, content in files],
     }
+    if side is not None:
+        data["side"] = side
+    if study_reference is not None:
+        data["study_reference"] = study_reference
     headers = {"Accept": "application/json"} if json_response else {}
     return client.post("/predictions", data=data, headers=headers, content_type="multipart/form-data")
 
