@@ -93,6 +93,7 @@ class ModelServer:
         self.options = options
         self._grace = shutdown_grace_seconds
         self._stopped = threading.Event()
+        self._config_text = None  # the config file's text now in effect (set by _read_models)
         try:
             models = self._read_models()
             self.monitoring = config_lib.read_monitoring_config(options.monitoring_config_file)
@@ -119,7 +120,6 @@ class ModelServer:
         self._rest = None
         self._rest_handler = None
         self._config_poller = None
-        self._config_text = None
 
     def _read_models(self) -> list:
         """The model configs from --model_config_file or --model_name/--model_base_path.

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import grpc
@@ -21,7 +22,7 @@ from google.protobuf import text_format
 
 from components import features
 from serving import protos, tensors
-from serving_fixtures import REPO_ROOT, png_bytes, start_server
+from serving_fixtures import REPO_ROOT, free_port, png_bytes, start_server
 
 THREADS = 8
 REQUESTS_PER_THREAD = 200
@@ -237,8 +238,11 @@ def _wait_until(condition, timeout=120.0):
 
 def test_model_config_reload_by_request_and_by_file_poll(tmp_path, linear_models):
     """HandleReloadConfigRequest and --model_config_file_poll_wait_seconds add and remove
-    models; a config TensorFlow Serving rejects changes nothing; unknown arguments
-    and a UNIX socket work as tensorflow_model_server's do."""
+    models; a config TensorFlow Serving rejects changes nothing; a UNIX socket serves
+    gRPC too; requests without a (named) ModelSpec get upstream's errors."""
+    from serving import flags
+    from serving.server import ModelServer
+
     p = protos.load()
     from tensorflow_serving.apis import model_management_pb2  # imported by protos.load()
 
@@ -249,12 +253,15 @@ def test_model_config_reload_by_request_and_by_file_poll(tmp_path, linear_models
     config = tmp_path / "models.config"
     config.write_text(_config_text({"linear": bases["linear"]}))
     socket_path = tmp_path / "grpc.sock"
-    process, target, _ = start_server(tmp_path, [
-        f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1",
-        f"--grpc_socket_path={socket_path}", "--no_such_flag=1"])
+    grpc_port = free_port()
+    target = f"localhost:{grpc_port}"
+    # In-process: a subprocess would spend minutes importing TensorFlow on a busy machine.
+    server = ModelServer(flags.parse_flags([
+        f"--port={grpc_port}", f"--model_config_file={config}", "--model_config_file_poll_wait_seconds=1",
+        f"--grpc_socket_path={socket_path}"]))
+    server.start()
     model_service = p.model_service_pb2_grpc.ModelServiceStub
     try:
-        assert "unknown argument: --no_such_flag=1" in process.log()
         with grpc.insecure_channel(f"unix:{socket_path}") as channel:
             stub = p.prediction_service_pb2_grpc.PredictionServiceStub(channel)
             assert _linear_predict(p, stub) == (1, [4.0])
@@ -295,5 +302,104 @@ def test_model_config_reload_by_request_and_by_file_poll(tmp_path, linear_models
                 _linear_predict(p, stub, "")
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert info.value.details() == "ModelSpec has no name specified."
+            # ... and a request without a ModelSpec at all.
+            for call, request in [
+                (stub.Predict, p.predict_pb2.PredictRequest()),
+                (stub.Classify, p.classification_pb2.ClassificationRequest()),
+                (stub.GetModelMetadata, p.get_model_metadata_pb2.GetModelMetadataRequest(
+                    metadata_field=["signature_def"])),
+                (model_service(channel).GetModelStatus, p.get_model_status_pb2.GetModelStatusRequest()),
+            ]:
+                with pytest.raises(grpc.RpcError) as info:
+                    call(request, timeout=30)
+                assert (info.value.code(), info.value.details()) == (
+                    grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
     finally:
-        assert process.stop() == 0, process.log()[-3000:]
+        server.stop()
+
+
+def test_unknown_arguments_are_reported_and_start_up_goes_on(tmp_path):
+    # The unknown argument is printed with the usage text, then start-up continues
+    # (here to the config check, which fails fast on a relative base path).
+    result = subprocess.run([sys.executable, "-m", "serving", "--no_such_flag=1", "stray",
+                             "--model_base_path=relative/koa"], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=120, env=dict(os.environ, PYTHONPATH=REPO_ROOT))
+    assert result.stdout.startswith("unknown argument: --no_such_flag=1\nusage: python -m serving")
+    assert result.returncode == 1
+    assert "Expected model default to have an absolute path or URI; got base_path()=relative/koa" in result.stderr
+
+
+def _write_spin_model(export_dir: str):
+    """A real model whose cost the request sets: ``n`` int64 [1] -> loops n times."""
+    import tensorflow as tf
+
+    class Spin(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.int64, name="n")])
+        def serve(self, n):
+            _, total = tf.while_loop(lambda i, acc: i < n[0], lambda i, acc: (i + 1, acc + i % 3),
+                                     [tf.constant(0, tf.int64), tf.constant(0, tf.int64)])
+            return {"total": tf.reshape(total, [1])}
+
+    module = Spin()
+    tf.saved_model.save(module, export_dir, signatures={"serving_default": module.serve})
+
+
+def _ipv4(hex_le: str) -> str:
+    return ".".join(str(int(hex_le[i:i + 2], 16)) for i in (6, 4, 2, 0))
+
+
+def _listening_addresses(port: int) -> set:
+    """Local addresses listening on a TCP port, from /proc/net/tcp and tcp6
+    (IPv4-mapped IPv6 addresses shown as IPv4, any other IPv6 address as "ipv6")."""
+    addresses = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        if not os.path.exists(table):
+            continue
+        with open(table) as f:
+            for line in f.readlines()[1:]:
+                local, state = line.split()[1], line.split()[3]
+                host, hex_port = local.split(":")
+                if state != "0A" or int(hex_port, 16) != port:  # 0A = LISTEN
+                    continue
+                if len(host) == 8:
+                    addresses.add(_ipv4(host))
+                elif host.startswith("0000000000000000FFFF0000"):
+                    addresses.add(_ipv4(host[24:]))
+                else:
+                    addresses.add("ipv6")
+    return addresses
+
+
+def test_rest_timeout_and_bind_address(tmp_path):
+    if not os.path.exists("/proc/net/tcp"):
+        pytest.skip("needs Linux's /proc/net/tcp to see listening addresses")
+    from serving import flags
+    from serving.server import ModelServer
+
+    _write_spin_model(str(tmp_path / "spin" / "1"))
+    grpc_port, rest_port = free_port(), free_port()
+    server = ModelServer(flags.parse_flags([
+        f"--port={grpc_port}", f"--rest_api_port={rest_port}", "--model_name=spin",
+        f"--model_base_path={tmp_path / 'spin'}", "--bind_address=127.0.0.1",
+        "--rest_api_timeout_in_ms=1000", "--rest_api_num_threads=2"]), shutdown_grace_seconds=60)
+    server.start()
+    try:
+        for port in (grpc_port, rest_port):
+            assert _listening_addresses(port) == {"127.0.0.1"}
+
+        def predict(n):
+            request = urllib.request.Request(f"http://127.0.0.1:{rest_port}/v1/models/spin:predict",
+                                             method="POST", data=json.dumps({"instances": [n]}).encode())
+            try:
+                with urllib.request.urlopen(request, timeout=120) as response:
+                    return response.status, json.loads(response.read())
+            except urllib.error.HTTPError as e:
+                return e.code, json.loads(e.read())
+
+        assert predict(10) == (200, {"predictions": [9]})
+        # Hundreds of thousands of loop steps take seconds, far beyond the 1 s allowed.
+        code, body = predict(300000)
+        assert code == 504
+        assert "--rest_api_timeout_in_ms" in body["error"]
+    finally:
+        server.stop()
