@@ -55,14 +55,17 @@ class ServerProcess(ChildProcess):
                             or True, timeout, interval=0.0)
 
 
-def start_server(tmp_path, args: list) -> tuple:
-    """Starts the project's server with extra flags; returns (process, grpc target, rest url)."""
+def start_server(tmp_path, args: list, timeout: float = 180.0) -> tuple:
+    """Starts the project's server with extra flags; returns (process, grpc target, rest url).
+
+    ``timeout`` bounds the wait for the gRPC port (seconds; raise it for many models).
+    """
     grpc_port, rest_port = free_port(), free_port()
     process = ServerProcess([f"--port={grpc_port}", f"--rest_api_port={rest_port}", *args],
                             str(tmp_path / f"server-{grpc_port}.log"))
     target = f"localhost:{grpc_port}"
     try:
-        process.wait_ready(target)
+        process.wait_ready(target, timeout)
     except StartError:
         process.stop()
         raise

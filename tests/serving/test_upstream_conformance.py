@@ -89,7 +89,8 @@ def server(tmp_path_factory):
         TWO_VERSIONS: (os.path.join(TESTDATA, TWO_VERSIONS), [123]),
         "typed_inputs": (os.path.dirname(typed), None),
     }))
-    process, target, rest_url = start_server(tmp, [f"--model_config_file={config}"])
+    # Five models load before the ports open; on a busy machine that is minutes.
+    process, target, rest_url = start_server(tmp, [f"--model_config_file={config}"], timeout=900.0)
     yield target, rest_url
     assert process.stop() == 0, process.log()[-3000:]
 
