@@ -140,7 +140,7 @@ def _api_upload(url: str, image: bytes) -> None:
     html = opener.open(url + "/account/tokens", urllib.parse.urlencode(form).encode(), timeout=30).read().decode()
     api_token = re.search(r'data-testid="new-token">([^<]+)<', html).group(1)
     request = urllib.request.Request(
-        url + "/api/v1/predictions",
+        url + "/api/v1/predictions?side=L",
         data=image,
         headers={"Authorization": f"Bearer {api_token}", "Content-Type": "image/png"},
     )
@@ -193,16 +193,30 @@ def test_browser_login_upload_and_read_grade(live_server, tmp_path, direct_clien
             assert page.locator("label[for=files]").is_visible()
             page.screenshot(path=os.path.join(shots, "01_upload.png"), full_page=True)
 
-            # Batch: two knees at once, each with its own progress row.
+            # Batch: two knees at once, each with its own side and progress row. The batch
+            # side (Left) and reference are the defaults; one click makes the second Right.
+            page.click("label[for=side-0]")
+            page.fill("#study_reference", "live-1")
             page.set_input_files("#files", images[:2])
+            rows = page.locator("#queue-list li")
+            assert rows.count() == 2
+            assert rows.nth(0).locator("input[value=L]").is_checked()
+            assert rows.nth(1).locator(".file-reference").input_value() == "live-1"
+            rows.nth(1).locator("label", has_text="Right").click()
+            assert rows.nth(1).locator("input[value=R]").is_checked()
+            page.screenshot(path=os.path.join(shots, "02a_batch_sides.png"), full_page=True)
             page.click("#upload-submit")
             # Locators, not wait_for_function: the app's CSP forbids evaluating strings.
             finished = page.locator("#queue-list li.done, #queue-list li.failed")
             finished.nth(1).wait_for(timeout=60_000)
             page.screenshot(path=os.path.join(shots, "02_batch_progress.png"), full_page=True)
             assert page.locator("#queue-list li.failed").count() == 0
+            assert rows.nth(0).locator(".state").inner_text().startswith("left knee: grade")
+            assert rows.nth(1).locator(".state").inner_text().startswith("right knee: grade")
             page.locator("#queue-list li.done a").first.click()
             page.wait_for_selector("[data-testid=grade]")
+            assert page.get_attribute("[data-testid=side]", "data-side") == "L"
+            assert page.locator("[data-testid=study-reference]").inner_text() == "LIVE-1"
             page.screenshot(path=os.path.join(shots, "03_result.png"), full_page=True)
 
             grade = int(page.get_attribute("[data-testid=grade]", "data-grade"))
@@ -251,9 +265,36 @@ def test_browser_login_upload_and_read_grade(live_server, tmp_path, direct_clien
             assert page.locator("[data-testid=history] tbody tr[data-status=done]").count() >= 2
             page.screenshot(path=os.path.join(shots, "07_history.png"), full_page=True)
 
+            # A file without a side (none chosen, none in the file) stays listed to be
+            # corrected with one click and sent again; its result lists the earlier film
+            # of the same reference and side.
+            page.goto(url + "/")
+            page.fill("#study_reference", "LIVE-1")
+            page.set_input_files("#files", images[:1])
+            before = len(problems)
+            page.click("#upload-submit")
+            row = page.locator("#queue-list li").first
+            page.locator("#queue-list li.needs-fix").wait_for(timeout=60_000)
+            assert "choose the knee's side" in row.inner_text()
+            # The refusal is an expected 400 (the answer, and the console's note of it).
+            refused = problems[before:]
+            assert refused and all("400" in p for p in refused), refused
+            del problems[before:]
+            row.locator("label", has_text="Left").click()
+            page.click("#upload-submit")
+            page.locator("#queue-list li.done").wait_for(timeout=60_000)
+            row.locator("a").click()
+            page.wait_for_selector("[data-testid=priors]")
+            priors = page.locator("[data-testid=priors] tbody tr")
+            assert priors.count() == 2  # this film and the earlier left one
+            assert priors.nth(1).locator("img.thumb").is_visible()
+            prior_page = page.url.replace(url, "")
+            page.screenshot(path=os.path.join(shots, "04c_result_priors.png"), full_page=True)
+
             # A phone's width: no page scrolls sideways.
             page.set_viewport_size({"width": 390, "height": 844})
             for name, path in (("result", "/predictions/1"), ("report", "/predictions/1/report"),
+                               ("priors", prior_page), ("priors_report", prior_page + "/report"),
                                ("history", "/history"), ("model", "/model"),
                                ("tokens", "/account/tokens"), ("upload", "/")):
                 page.goto(url + path)
@@ -261,12 +302,18 @@ def test_browser_login_upload_and_read_grade(live_server, tmp_path, direct_clien
                     "() => document.documentElement.scrollWidth - window.innerWidth")
                 page.screenshot(path=os.path.join(shots, f"09_{name}_390px.png"), full_page=True)
                 assert overflow <= 0, f"{path} scrolls sideways by {overflow}px at 390 px"
+            # The upload list with its per-file side and reference fits too.
+            page.set_input_files("#files", images[:2])
+            overflow = page.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+            page.screenshot(path=os.path.join(shots, "09_upload_list_390px.png"), full_page=True)
+            assert overflow <= 0, f"the upload list scrolls sideways by {overflow}px at 390 px"
             page.set_viewport_size({"width": 1200, "height": 900})
 
             # A picture the model flags is listed as not graded, with the reason.
             colour = tmp_path / "colour.png"
             colour.write_bytes(wi.colour_png())
             page.goto(url + "/")
+            page.click("label[for=side-1]")
             page.set_input_files("#files", [str(colour)])
             page.click("#upload-submit")
             flagged = page.locator("#queue-list li.failed")
