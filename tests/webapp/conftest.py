@@ -48,6 +48,7 @@ POSTGRES_MODULES = {
     "test_webapp_auth",
     "test_webapp_history_api",
     "test_webapp_predict",
+    "test_webapp_side_reference",
 }
 
 
