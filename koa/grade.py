@@ -179,8 +179,7 @@ class ServerBackend:
         return [Prediction(
             grade=p.grade, probabilities=p.probabilities, expected_grade=p.expected_grade,
             out_of_distribution=p.out_of_distribution, ood_score=p.ood_score,
-            # Clients that do not parse the reason output yet have no such field.
-            ood_reason=getattr(p, "ood_reason", None) or "",
+            ood_reason=p.ood_reason,
             model_name=p.model_name, model_version=p.model_version) for p in served]
 
     def close(self) -> None:

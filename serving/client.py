@@ -65,6 +65,9 @@ class ServedPrediction:
             when the model has no such check (models exported before it).
         ood_score: the model's out-of-distribution score (> 1 is flagged), or
             None when the model has no such check.
+        ood_reason: the codes of the model's failed input checks joined by ","
+            (``components.features.OOD_REASONS``), "" when none failed or the
+            model has no reason output (models exported before it).
     """
 
     grade: int
@@ -77,6 +80,7 @@ class ServedPrediction:
     heatmap: Optional[np.ndarray] = field(default=None, compare=False)
     out_of_distribution: bool = False
     ood_score: Optional[float] = None
+    ood_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,11 @@ def _optional_rows(outputs, key, count, where):
     if values.shape != (count,):
         raise ServingError(f"{where} returned {key} of shape {values.shape}, expected {(count,)}")
     return values
+
+
+def _text(value) -> str:
+    """A string tensor element (bytes from the server) as text."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 class ServingClient:
@@ -227,6 +236,7 @@ class ServingClient:
         # Optional outputs: older models lack them, which means "not checked".
         ood_scores = _optional_rows(outputs, features.OOD_SCORE_OUTPUT, count, where)
         ood_flags = _optional_rows(outputs, features.OOD_FLAG_OUTPUT, count, where)
+        ood_reasons = _optional_rows(outputs, features.OOD_REASON_OUTPUT, count, where)
         model_name = response.model_spec.name or self.model_name
         model_version = int(response.model_spec.version.value)
         predictions = []
@@ -245,7 +255,8 @@ class ServingClient:
                 model_version=model_version,
                 heatmap=None if heatmaps is None else np.asarray(heatmaps[row], dtype=np.float32),
                 out_of_distribution=False if ood_flags is None else bool(ood_flags[row]),
-                ood_score=None if ood_scores is None else float(ood_scores[row])))
+                ood_score=None if ood_scores is None else float(ood_scores[row]),
+                ood_reason="" if ood_reasons is None else _text(ood_reasons[row])))
         return predictions
 
     def _call(self, method, request, what):

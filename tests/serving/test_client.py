@@ -90,6 +90,10 @@ def test_out_of_distribution_outputs_are_read(ood_client):
     assert plain.out_of_distribution is False and plain.ood_score == pytest.approx(0.0, abs=1e-6)
     assert flagged.out_of_distribution is True and flagged.ood_score == pytest.approx(4.0, rel=1e-5)
     assert explained.out_of_distribution is True and explained.heatmap is not None
+    # The model's reason output rides along: nothing for the gray film, colour for the red.
+    assert plain.ood_reason == ""
+    assert features.REASON_COLOUR in flagged.ood_reason.split(",")
+    assert explained.ood_reason == flagged.ood_reason
     # The grade is still reported; refusing to show it is the caller's decision.
     assert 0 <= flagged.grade < features.NUM_GRADES
 
