@@ -24,8 +24,8 @@ preprocess_with_checks`, part of the Transform graph) and has a reason code
 - `rotated`: profile anisotropy below ANISOTROPY_FLOOR: the bones run horizontally, the
   film is turned by 90 or 270 degrees.
 
-A film turned by 180 degrees needs no check: the preprocessing puts it right (of its two
-halves the brighter goes on top, in training and serving alike).
+A film turned by 180 degrees is not caught: its profiles look like an upright film's
+(see components/preprocessing.py and docs/model.md).
 
 Each check is a ratio that is > 1 when it fails. The exported score is the largest of them
 and of the feature distance / threshold (`unlike_training_films`), so <= 1 is typical of
