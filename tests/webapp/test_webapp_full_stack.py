@@ -25,7 +25,8 @@ import tensorflow as tf
 model = tf.saved_model.load(sys.argv[1])
 image = open(sys.argv[2], "rb").read()
 out = model.signatures[features.GRADCAM_SIGNATURE](image_bytes=tf.constant([image]))
-print(json.dumps({k: v.numpy()[0].tolist() for k, v in out.items()}))
+print(json.dumps({k: v.numpy()[0].decode() if v.dtype == tf.string else v.numpy()[0].tolist()
+                  for k, v in out.items()}))
 """
 
 
