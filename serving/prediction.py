@@ -7,8 +7,10 @@ TensorFlow Serving words them.
 """
 
 import contextlib
+import dataclasses
 import logging
 import time
+from typing import Callable
 
 import grpc
 import numpy as np
@@ -49,6 +51,123 @@ def _require_model_spec(request):
     """TF Serving refuses a request without a ModelSpec before anything else."""
     if not request.HasField("model_spec"):
         raise status.invalid_argument("Missing ModelSpec")
+
+
+def _classification_outputs(signature) -> list:
+    """Checks a signature for Classify as TF Serving does; returns its output aliases."""
+    if signature.method_name != servable_lib.CLASSIFY_METHOD:
+        raise status.invalid_argument(
+            f"Expected classification signature method_name to be {servable_lib.CLASSIFY_METHOD}. "
+            f"Was: {signature.method_name}")
+    if len(signature.inputs) != 1:
+        raise status.invalid_argument("Expected one input Tensor.")
+    if len(signature.outputs) not in (1, 2):
+        raise status.invalid_argument(
+            f"Expected one or two output Tensors, found {len(signature.outputs)}")
+    if CLASSIFY_INPUTS not in signature.inputs:
+        raise status.ServingStatusError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"No classification inputs found in SignatureDef: {signature}")
+    aliases = [a for a in (CLASSIFY_CLASSES, CLASSIFY_SCORES) if a in signature.outputs]
+    if not aliases:
+        raise status.ServingStatusError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"Expected classification signature outputs to contain at least one of "
+            f"\"{CLASSIFY_CLASSES}\" or \"{CLASSIFY_SCORES}\". Signature was: {signature}")
+    return aliases
+
+
+def _regression_outputs(signature) -> list:
+    """Checks a signature for Regress as TF Serving does; returns its output alias."""
+    if signature.method_name != servable_lib.REGRESS_METHOD:
+        raise status.invalid_argument(
+            f"Expected regression signature method_name to be {servable_lib.REGRESS_METHOD}. "
+            f"Was: {signature.method_name}")
+    if len(signature.inputs) != 1:
+        raise status.invalid_argument("Expected one input Tensor.")
+    if len(signature.outputs) != 1:
+        raise status.invalid_argument("Expected one output Tensor.")
+    if REGRESS_INPUTS not in signature.inputs:
+        raise status.ServingStatusError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"No regression inputs found in SignatureDef: {signature}")
+    if REGRESS_OUTPUTS not in signature.outputs:
+        raise status.ServingStatusError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"No regression outputs found in SignatureDef: {signature}")
+    return [REGRESS_OUTPUTS]
+
+
+def _fill_classifications(result, outputs, count):
+    """Fills a ClassificationResult from `classes` [N, K] string and/or `scores` [N, K]
+    float32 outputs, checked as TF Serving checks them."""
+    classes = outputs.get(CLASSIFY_CLASSES)
+    scores = outputs.get(CLASSIFY_SCORES)
+    if classes is not None and classes.dtype != object:
+        raise status.invalid_argument(
+            f"Expected classes Tensor of DT_STRING.  Got: {_dtype_enum_name(classes)}")
+    if scores is not None and scores.dtype != np.float32:
+        raise status.invalid_argument(
+            f"Expected scores Tensor of DT_FLOAT.  Got: {_dtype_enum_name(scores)}")
+    for array in (classes, scores):
+        if array is None:
+            continue
+        if array.ndim != 2:
+            raise status.invalid_argument(
+                f"Expected Tensor shape: [batch_size num_classes] but got {_shape_debug(array)}")
+        if array.shape[0] != count:
+            raise status.invalid_argument(
+                f"Input batch size did not match output batch size: {count} vs. {array.shape[0]}")
+    if classes is not None and scores is not None and classes.shape != scores.shape:
+        raise status.invalid_argument(
+            f"Tensors class and score should match in shape: {_shape_debug(classes)} vs. "
+            f"{_shape_debug(scores)}")
+    width = (classes if classes is not None else scores).shape[1]
+    for row in range(count):
+        classifications = result.classifications.add()
+        for col in range(width):
+            entry = classifications.classes.add()
+            if classes is not None:
+                entry.label = bytes(classes[row, col]).decode("utf-8", "replace")
+            if scores is not None:
+                entry.score = float(scores[row, col])
+
+
+def _fill_regressions(result, outputs, count):
+    """Fills a RegressionResult from the float32 `outputs` output, [N] or [N, 1]."""
+    output = outputs[REGRESS_OUTPUTS]
+    if not (output.ndim == 1 or (output.ndim == 2 and output.shape[1] == 1)):
+        raise status.invalid_argument(
+            "Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got "
+            f"{_shape_debug(output)}")
+    if output.shape[0] != count:
+        raise status.invalid_argument(
+            f"Input batch size did not match output batch size: {count} vs. {output.shape[0]}")
+    if output.dtype != np.float32:
+        raise status.invalid_argument(
+            f"Expected output Tensor of DT_FLOAT.  Got: {_dtype_enum_name(output)}")
+    for value in output.reshape(-1):
+        result.regressions.add().value = float(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ExampleMethod:
+    """How Classify or Regress runs a signature on tf.Examples and fills its result."""
+
+    api_method: str  # the method label in the metrics
+    input_alias: str
+    output_aliases: Callable  # SignatureDef -> output aliases, or raises as TF Serving does
+    fill: Callable  # (result proto, outputs by alias, number of examples) -> None
+    result_field: str  # the InferenceResult field that holds the result
+
+
+_EXAMPLE_METHODS = {
+    servable_lib.CLASSIFY_METHOD: _ExampleMethod(
+        "classify", CLASSIFY_INPUTS, _classification_outputs, _fill_classifications,
+        "classification_result"),
+    servable_lib.REGRESS_METHOD: _ExampleMethod(
+        "regress", REGRESS_INPUTS, _regression_outputs, _fill_regressions, "regression_result"),
+}
 
 
 class ApiHandler:
@@ -209,51 +328,6 @@ class ApiHandler:
             serialized[index] = example.SerializeToString()
         return serialized
 
-    @staticmethod
-    def _classification_outputs(signature) -> list:
-        """Checks a signature for Classify as TF Serving does; returns its output aliases."""
-        if signature.method_name != servable_lib.CLASSIFY_METHOD:
-            raise status.invalid_argument(
-                f"Expected classification signature method_name to be {servable_lib.CLASSIFY_METHOD}. "
-                f"Was: {signature.method_name}")
-        if len(signature.inputs) != 1:
-            raise status.invalid_argument("Expected one input Tensor.")
-        if len(signature.outputs) not in (1, 2):
-            raise status.invalid_argument(
-                f"Expected one or two output Tensors, found {len(signature.outputs)}")
-        if CLASSIFY_INPUTS not in signature.inputs:
-            raise status.ServingStatusError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"No classification inputs found in SignatureDef: {signature}")
-        aliases = [a for a in (CLASSIFY_CLASSES, CLASSIFY_SCORES) if a in signature.outputs]
-        if not aliases:
-            raise status.ServingStatusError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"Expected classification signature outputs to contain at least one of "
-                f"\"{CLASSIFY_CLASSES}\" or \"{CLASSIFY_SCORES}\". Signature was: {signature}")
-        return aliases
-
-    @staticmethod
-    def _regression_outputs(signature) -> list:
-        """Checks a signature for Regress as TF Serving does; returns its output alias."""
-        if signature.method_name != servable_lib.REGRESS_METHOD:
-            raise status.invalid_argument(
-                f"Expected regression signature method_name to be {servable_lib.REGRESS_METHOD}. "
-                f"Was: {signature.method_name}")
-        if len(signature.inputs) != 1:
-            raise status.invalid_argument("Expected one input Tensor.")
-        if len(signature.outputs) != 1:
-            raise status.invalid_argument("Expected one output Tensor.")
-        if REGRESS_INPUTS not in signature.inputs:
-            raise status.ServingStatusError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"No regression inputs found in SignatureDef: {signature}")
-        if REGRESS_OUTPUTS not in signature.outputs:
-            raise status.ServingStatusError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"No regression outputs found in SignatureDef: {signature}")
-        return [REGRESS_OUTPUTS]
-
     def _example_signature(self, servable, signature_name):
         signature = servable.signature_defs.get(signature_name)
         if signature is None:
@@ -265,26 +339,36 @@ class ApiHandler:
         target.version.value = servable.version
         target.signature_name = signature_name
 
+    def _run_examples(self, request, api: str, method: str, response):
+        """Classify or Regress: runs the request's tf.Examples through the signature
+        its ModelSpec names and fills `response` (a Classification/RegressionResponse).
+
+        Raises:
+            status.ServingStatusError: with TensorFlow Serving's code and text.
+        """
+        _require_model_spec(request)
+        kind = _EXAMPLE_METHODS[method]
+        spec = request.model_spec
+        signature_name = spec.signature_name or DEFAULT_SIGNATURE
+        with self._observed(spec, signature_name, api, kind.api_method) as served:
+            servable = self._manager.resolve(spec)
+            served["version"] = str(servable.version)
+            signature = self._example_signature(servable, signature_name)
+            aliases = kind.output_aliases(signature)
+            examples = self._serialized_examples(request.input)
+            outputs = self._run(servable, signature_name, {kind.input_alias: examples}, aliases)
+            self._fill_spec(response.model_spec, spec, signature_name, servable)
+            kind.fill(response.result, outputs, len(examples))
+            return response
+
     def classify(self, request, api: str = "grpc"):
         """Runs a ClassificationRequest and returns a ClassificationResponse.
 
         Raises:
             status.ServingStatusError: with TensorFlow Serving's code and text.
         """
-        _require_model_spec(request)
-        spec = request.model_spec
-        signature_name = spec.signature_name or DEFAULT_SIGNATURE
-        with self._observed(spec, signature_name, api, "classify") as served:
-            servable = self._manager.resolve(spec)
-            served["version"] = str(servable.version)
-            signature = self._example_signature(servable, signature_name)
-            aliases = self._classification_outputs(signature)
-            examples = self._serialized_examples(request.input)
-            outputs = self._run(servable, signature_name, {CLASSIFY_INPUTS: examples}, aliases)
-            response = self._p.classification_pb2.ClassificationResponse()
-            self._fill_spec(response.model_spec, spec, signature_name, servable)
-            self._fill_classifications(response.result, outputs, len(examples))
-            return response
+        return self._run_examples(request, api, servable_lib.CLASSIFY_METHOD,
+                                  self._p.classification_pb2.ClassificationResponse())
 
     def regress(self, request, api: str = "grpc"):
         """Runs a RegressionRequest and returns a RegressionResponse.
@@ -292,20 +376,8 @@ class ApiHandler:
         Raises:
             status.ServingStatusError: with TensorFlow Serving's code and text.
         """
-        _require_model_spec(request)
-        spec = request.model_spec
-        signature_name = spec.signature_name or DEFAULT_SIGNATURE
-        with self._observed(spec, signature_name, api, "regress") as served:
-            servable = self._manager.resolve(spec)
-            served["version"] = str(servable.version)
-            signature = self._example_signature(servable, signature_name)
-            aliases = self._regression_outputs(signature)
-            examples = self._serialized_examples(request.input)
-            outputs = self._run(servable, signature_name, {REGRESS_INPUTS: examples}, aliases)
-            response = self._p.regression_pb2.RegressionResponse()
-            self._fill_spec(response.model_spec, spec, signature_name, servable)
-            self._fill_regressions(response.result, outputs[REGRESS_OUTPUTS], len(examples))
-            return response
+        return self._run_examples(request, api, servable_lib.REGRESS_METHOD,
+                                  self._p.regression_pb2.RegressionResponse())
 
     def multi_inference(self, request, api: str = "grpc"):
         """Runs a MultiInferenceRequest: classify and regress tasks of one model over
@@ -333,84 +405,28 @@ class ApiHandler:
                 if signature is None:
                     raise status.invalid_argument(
                         f"Requested signature not found in model graph: {signature_name}")
-                if task.method_name == servable_lib.CLASSIFY_METHOD:
-                    aliases = self._classification_outputs(signature)
-                    input_alias = CLASSIFY_INPUTS
-                elif task.method_name == servable_lib.REGRESS_METHOD:
-                    aliases = self._regression_outputs(signature)
-                    input_alias = REGRESS_INPUTS
-                else:
+                kind = _EXAMPLE_METHODS.get(task.method_name)
+                if kind is None:
                     raise status.ServingStatusError(
                         grpc.StatusCode.UNIMPLEMENTED,
                         f"Unsupported signature method_name: {task.method_name}")
-                tensor_name = signature.inputs[input_alias].name
+                aliases = kind.output_aliases(signature)
+                tensor_name = signature.inputs[kind.input_alias].name
                 if input_tensor is not None and tensor_name != input_tensor:
                     raise status.invalid_argument("Input tensor must be the same for all Signatures.")
                 input_tensor = tensor_name
-                plan.append((task, signature_name, input_alias, aliases))
+                plan.append((task, signature_name, kind, aliases))
             examples = self._serialized_examples(request.input)
             response = self._p.inference_pb2.MultiInferenceResponse()
             # Each task runs its own signature on the same examples; TF Serving
             # runs them in one session call, which gives the same outputs for
             # graphs without side effects.
-            for task, signature_name, input_alias, aliases in plan:
-                outputs = self._run(servable, signature_name, {input_alias: examples}, aliases)
+            for task, signature_name, kind, aliases in plan:
+                outputs = self._run(servable, signature_name, {kind.input_alias: examples}, aliases)
                 result = response.results.add()
                 self._fill_spec(result.model_spec, task.model_spec, signature_name, servable)
-                if task.method_name == servable_lib.CLASSIFY_METHOD:
-                    self._fill_classifications(result.classification_result, outputs, len(examples))
-                else:
-                    self._fill_regressions(result.regression_result, outputs[REGRESS_OUTPUTS],
-                                           len(examples))
+                kind.fill(getattr(result, kind.result_field), outputs, len(examples))
             return response
-
-    @staticmethod
-    def _fill_classifications(result, outputs, count):
-        classes = outputs.get(CLASSIFY_CLASSES)
-        scores = outputs.get(CLASSIFY_SCORES)
-        if classes is not None and classes.dtype != object:
-            raise status.invalid_argument(
-                f"Expected classes Tensor of DT_STRING.  Got: {_dtype_enum_name(classes)}")
-        if scores is not None and scores.dtype != np.float32:
-            raise status.invalid_argument(
-                f"Expected scores Tensor of DT_FLOAT.  Got: {_dtype_enum_name(scores)}")
-        for array in (classes, scores):
-            if array is None:
-                continue
-            if array.ndim != 2:
-                raise status.invalid_argument(
-                    f"Expected Tensor shape: [batch_size num_classes] but got {_shape_debug(array)}")
-            if array.shape[0] != count:
-                raise status.invalid_argument(
-                    f"Input batch size did not match output batch size: {count} vs. {array.shape[0]}")
-        if classes is not None and scores is not None and classes.shape != scores.shape:
-            raise status.invalid_argument(
-                f"Tensors class and score should match in shape: {_shape_debug(classes)} vs. "
-                f"{_shape_debug(scores)}")
-        width = (classes if classes is not None else scores).shape[1]
-        for row in range(count):
-            classifications = result.classifications.add()
-            for col in range(width):
-                entry = classifications.classes.add()
-                if classes is not None:
-                    entry.label = bytes(classes[row, col]).decode("utf-8", "replace")
-                if scores is not None:
-                    entry.score = float(scores[row, col])
-
-    @staticmethod
-    def _fill_regressions(result, output, count):
-        if not (output.ndim == 1 or (output.ndim == 2 and output.shape[1] == 1)):
-            raise status.invalid_argument(
-                "Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got "
-                f"{_shape_debug(output)}")
-        if output.shape[0] != count:
-            raise status.invalid_argument(
-                f"Input batch size did not match output batch size: {count} vs. {output.shape[0]}")
-        if output.dtype != np.float32:
-            raise status.invalid_argument(
-                f"Expected output Tensor of DT_FLOAT.  Got: {_dtype_enum_name(output)}")
-        for value in output.reshape(-1):
-            result.regressions.add().value = float(value)
 
     # -- Metadata and status -----------------------------------------------
 
