@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from components.features import GRADE_NAMES
 from serving.client import InvalidInputError, ServingError
-from webapp import heatmap, images, model_card, serving_gateway
+from webapp import heatmap, images, model_card, ood_reasons, serving_gateway
 from webapp.models import (
     SIDE_FROM_DICOM,
     SIDE_FROM_USER,
@@ -170,6 +170,12 @@ def _apply_result(prediction: Prediction, image_row: PredictionImage, result) ->
     # A model without the check gives False and no score (stored as NULL).
     prediction.out_of_distribution = bool(result.out_of_distribution)
     prediction.ood_score = None if result.ood_score is None else float(result.ood_score)
+    # "" (nothing failed, or a model without the reason output) is stored as NULL.
+    prediction.ood_reason = ",".join(ood_reasons.codes(result.ood_reason)) or None
+    unknown = ood_reasons.unknown_codes(prediction.ood_reason)
+    if unknown:
+        logger.warning("model %s v%s gave reason codes this web app cannot describe: %s",
+                       result.model_name, result.model_version, ", ".join(unknown))
     image_row.heatmap_png = (
         heatmap.overlay_png(result.heatmap) if result.heatmap is not None else None
     )
@@ -253,7 +259,8 @@ def grade_upload(
     session.commit()
     # The study reference is identifying data: it stays out of the log.
     logger.info(
-        "prediction %s by user %s: %s side=%s (%s) grade=%s out_of_distribution=%s",
+        "prediction %s by user %s: %s side=%s (%s) grade=%s out_of_distribution=%s "
+        "ood_reason=%s",
         prediction.id,
         user.id,
         prediction.status,
@@ -261,6 +268,7 @@ def grade_upload(
         side_source,
         prediction.grade,
         prediction.out_of_distribution,
+        prediction.ood_reason,
     )
     return prediction
 

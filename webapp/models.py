@@ -11,6 +11,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from webapp.ood_reasons import OodReason
+from webapp.ood_reasons import describe as describe_ood_reasons
+
 ROLE_CLINICIAN = "clinician"
 ROLE_ADMIN = "admin"
 ROLES = (ROLE_CLINICIAN, ROLE_ADMIN)
@@ -157,6 +160,10 @@ class Prediction(Base):
     # The model's out-of-distribution check; NULL when the model had none.
     out_of_distribution: Mapped[Optional[bool]] = mapped_column(sa.Boolean, nullable=True)
     ood_score: Mapped[Optional[float]] = mapped_column(sa.Float, nullable=True)
+    # Why the model flagged it: the codes of its failed input checks joined by ","
+    # (components.features.OOD_REASONS). NULL when it gave none: not flagged, a model
+    # without the reason output, or a row graded before migration 0005.
+    ood_reason: Mapped[Optional[str]] = mapped_column(sa.Text, nullable=True)
     # The knee's side, L or R (NULL only for rows graded before sides were recorded).
     side: Mapped[Optional[str]] = mapped_column(sa.String(1), nullable=True, index=True)
     # "dicom" (the file's laterality attribute) or "user" (chosen at upload).
@@ -187,6 +194,12 @@ class Prediction(Base):
     def is_graded(self) -> bool:
         """A grade exists and may be presented as a result."""
         return self.is_done and not self.out_of_distribution
+
+    @property
+    def ood_reasons(self) -> List[OodReason]:
+        """Why the model flagged the image, one entry per failed check ([] when not
+        recorded)."""
+        return describe_ood_reasons(self.ood_reason)
 
     @property
     def side_name(self) -> Optional[str]:

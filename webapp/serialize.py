@@ -17,8 +17,15 @@ CSV_COLUMNS = (
     + ["side_chosen", "status", "grade", "grade_name"]
     + [f"p_{name.lower()}" for name in GRADE_NAMES]
     + ["expected_grade", "confidence", "model_name", "model_version", "model_pushed_at"]
-    + ["data_version", "attempts", "error", "out_of_distribution", "ood_score"]
+    + ["data_version", "attempts", "error", "out_of_distribution", "ood_score", "ood_reason"]
 )
+
+
+def not_graded_text(prediction: Prediction) -> str:
+    """What is said instead of a flagged image's grade: NOT_GRADED_MESSAGE, followed by
+    one sentence per reason the model gave (none for rows without a recorded reason)."""
+    sentences = [reason.text for reason in prediction.ood_reasons]
+    return " ".join([NOT_GRADED_MESSAGE + "."] + sentences) if sentences else NOT_GRADED_MESSAGE
 
 
 def prediction_json(prediction: Prediction) -> dict:
@@ -46,6 +53,10 @@ def prediction_json(prediction: Prediction) -> dict:
             graded=prediction.is_graded,
             out_of_distribution=prediction.out_of_distribution,
             ood_score=prediction.ood_score,
+            # Why the model flagged it; [] when not flagged or no reason was recorded.
+            ood_reasons=[
+                {"code": reason.code, "text": reason.text} for reason in prediction.ood_reasons
+            ],
             model={
                 "name": prediction.model_name,
                 "version": prediction.model_version,
@@ -65,7 +76,7 @@ def prediction_json(prediction: Prediction) -> dict:
         else:
             # The model flagged the image: its grade is kept in the database for
             # audit but never handed out as a result.
-            body["not_graded_reason"] = NOT_GRADED_MESSAGE
+            body["not_graded_reason"] = not_graded_text(prediction)
     else:
         body.update(
             error=prediction.error,
@@ -111,5 +122,6 @@ def prediction_csv_rows(predictions: Iterable[Prediction]) -> Iterable[List]:
             p.error,
             p.out_of_distribution,
             None if p.ood_score is None else round(p.ood_score, 4),
+            p.ood_reason,
         ]
         yield [_csv_safe(v) for v in row]

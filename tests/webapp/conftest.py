@@ -49,6 +49,7 @@ POSTGRES_MODULES = {
     "test_webapp_history_api",
     "test_webapp_predict",
     "test_webapp_side_reference",
+    "test_webapp_ood_reason",
 }
 
 
