@@ -274,6 +274,8 @@ def predictions_from_outputs(outputs: dict, count: int, model_name: str,
     if probabilities.shape != (count, features.NUM_GRADES):
         raise GradeError(f"the model returned probabilities of shape {probabilities.shape}, "
                          f"expected {(count, features.NUM_GRADES)}")
+    # The server path's decoding of string outputs, so both paths write the same text.
+    from serving.client import _text  # pylint: disable=import-outside-toplevel
     flags = outputs.get(features.OOD_FLAG_OUTPUT)
     scores = outputs.get(features.OOD_SCORE_OUTPUT)
     reasons = outputs.get(features.OOD_REASON_OUTPUT)
@@ -285,10 +287,6 @@ def predictions_from_outputs(outputs: dict, count: int, model_name: str,
         ood_score=float(scores[row]) if scores is not None else None,
         ood_reason=_text(reasons[row]) if reasons is not None else "",
         model_name=model_name, model_version=model_version) for row in range(count)]
-
-
-def _text(value) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def open_backend(server: Optional[str], model_dir: Optional[str], model_name: str = "koa",
