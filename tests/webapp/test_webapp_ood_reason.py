@@ -9,13 +9,14 @@ same ``ood_reason`` output as the trained model. Runs on SQLite and PostgreSQL.
 import csv
 import html
 import io
+import os
 import re
 
 import pytest
 import sqlalchemy as sa
 
 import webapp_images as wi
-from webapp_testlib import ADMIN, CLINICIAN, AuthActions, csrf_token, upload
+from webapp_testlib import ADMIN, CLINICIAN, REPO, AuthActions, csrf_token, upload
 from components import features
 from webapp import db, migrate, ood_reasons
 from webapp.models import Prediction
@@ -65,6 +66,13 @@ def test_every_code_of_the_model_has_its_own_words():
     # One sentence each: capitalised, a single full stop at the end.
     assert all(r.text[0].isupper() and r.text.endswith(".") and r.text.count(". ") == 0
                for r in described)
+
+
+def test_the_docs_quote_the_words_the_app_shows():
+    with open(os.path.join(REPO, "docs", "webapp.md"), encoding="utf-8") as f:
+        table = dict(re.findall(r"^\| `(\w+)` \| (.+) \|$", f.read(), re.M))
+    assert {code: table.get(code) for code in features.OOD_REASONS} == {
+        r.code: r.text for r in ood_reasons.describe(",".join(features.OOD_REASONS))}
 
 
 @pytest.mark.parametrize("stored, expected", [
