@@ -3,16 +3,99 @@ training record stored beside them in assets.extra/."""
 
 import json
 import os
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 import tensorflow as tf
 
 from components import features, ood
-from components.model import features_and_logits, with_tta
+from components.model import (features_and_logits, tapped_backbone,
+                              tapped_features_and_logits, with_tta)
 
 keras = tf.keras
 
 _HISTORY_FILE = "training_history.json"
+
+GRADCAM = "gradcam"
+GRADCAM_PLUS_PLUS = "gradcam++"
+LAYERCAM = "layercam"
+HEATMAP_METHODS = (GRADCAM, GRADCAM_PLUS_PLUS, LAYERCAM)
+# The served heatmap: chosen on the real-data model by benchmarks/gradcam_location.py
+# (docs/model.md, "Grad-CAM"). MobileNetV2 layer names do not depend on its width.
+HEATMAP_LAYER = "block_12_add"
+HEATMAP_METHOD = LAYERCAM
+
+
+def class_activation_map(activations: tf.Tensor, gradients: tf.Tensor,
+                         method: str = GRADCAM) -> tf.Tensor:
+    """Class activation map of one layer from its activations and the score's gradients.
+
+    Grad-CAM (Selvaraju et al. 2017) weighs each channel by its spatially averaged
+    gradient. Grad-CAM++ (Chattopadhay et al. 2018) weighs it by the positive gradients
+    only, each scaled by the paper's closed-form alpha for an exponential of the score:
+    alpha = g^2 / (2 g^2 + sum(A) g^3), which lets a few strong locations of a channel
+    count as much as one spread-out region. LayerCAM (Jiang et al. 2021) weighs every
+    location of every channel by its own positive gradient instead of one weight per
+    channel, which keeps the detail of earlier, finer layers.
+
+    Args:
+      activations: float32 [N, h, w, C], a layer's output.
+      gradients: float32 [N, h, w, C], d(score)/d(activations).
+      method: one of HEATMAP_METHODS.
+
+    Returns:
+      float32 [N, h, w] >= 0: ReLU of the weighted sum of the activations' channels.
+
+    Raises:
+      ValueError: unknown `method`.
+    """
+    if method == GRADCAM:
+        weights = tf.reduce_mean(gradients, axis=[1, 2], keepdims=True)
+    elif method == GRADCAM_PLUS_PLUS:
+        squared = tf.square(gradients)
+        spatial_sum = tf.reduce_sum(activations, axis=[1, 2], keepdims=True)
+        alpha = tf.math.divide_no_nan(squared, 2.0 * squared + spatial_sum * squared * gradients)
+        weights = tf.reduce_sum(alpha * tf.nn.relu(gradients), axis=[1, 2], keepdims=True)
+    elif method == LAYERCAM:
+        weights = tf.nn.relu(gradients)
+    else:
+        raise ValueError(f"heatmap method must be one of {HEATMAP_METHODS}, got {method!r}")
+    return tf.nn.relu(tf.reduce_sum(weights * activations, axis=-1))
+
+
+def heatmap(cam: tf.Tensor, size) -> tf.Tensor:
+    """A class activation map [N, h, w] -> float32 [N, size...] in [0, 1], peak 1.
+
+    Bilinear upsampling to `size` (height, width: the model's input), then each map divided
+    by its maximum; an all-zero map stays zero.
+    """
+    cam = tf.image.resize(cam[..., None], size, method="bilinear")[..., 0]
+    return tf.math.divide_no_nan(cam, tf.reduce_max(cam, axis=[1, 2], keepdims=True))
+
+
+def grade_heatmap(model: keras.Model, tapped: keras.Model, images: tf.Tensor,
+                  decide: Callable[[tf.Tensor, tf.Tensor], Dict[str, tf.Tensor]],
+                  method: str = HEATMAP_METHOD):
+    """The outputs `decide` returns and the heatmap of the grade among them.
+
+    Args:
+      model: the trained Keras model (`components.model.build_model`).
+      tapped: `tapped_backbone(model, [layer])`, the layer the heatmap is computed on.
+      images: float32 [N, S, S, 1], the Transform graph's model input.
+      decide: (pooled features [N, D], logits [N, K]) -> outputs holding
+        features.GRADE_OUTPUT int64 [N]; not differentiated.
+      method: one of HEATMAP_METHODS.
+
+    Returns:
+      (the outputs of `decide`, heatmap float32 [N, S, S] in [0, 1]): `method` on the
+      tapped layer for the logit of the returned grade, of the images as given.
+    """
+    with tf.GradientTape() as tape:
+        (activations,), pooled, logits = tapped_features_and_logits(model, tapped, images)
+        with tape.stop_recording():
+            result = decide(pooled, logits)
+        score = tf.gather(logits, result[features.GRADE_OUTPUT], axis=1, batch_dims=1)
+    cam = class_activation_map(activations, tape.gradient(score, activations), method)
+    return result, heatmap(cam, tf.shape(images)[1:3])
 
 
 def _serving_signatures(model: keras.Model, tf_transform_output, tta: bool) -> Dict:
@@ -58,25 +141,23 @@ def _serving_signatures(model: keras.Model, tf_transform_output, tta: bool) -> D
     def serve_examples(examples):
         return predict(model.tft_layer(tf.io.parse_example(examples, image_spec)))
 
+    # The heatmap's layer is inside the backbone: a view of it that also returns that
+    # layer's activations (same variables), built once, outside the traced functions.
+    tapped = tapped_backbone(model, [HEATMAP_LAYER])
+
     @tf.function(input_signature=[image_input])
     def gradcam(image_bytes):
-        """Grad-CAM of the returned grade's logit on the last convolutional feature map
-        (of the image as given, also under TTA)."""
+        """The outputs of `serve_images` plus `heatmap` float32 [N, S, S] in [0, 1]:
+        HEATMAP_METHOD on HEATMAP_LAYER for the returned grade's logit (before offsets and
+        temperature) of the film as given; under TTA the grade is the averaged one, the
+        mirror is not explained."""
         transformed = preprocess(image_bytes)
         images = transformed[features.TRANSFORMED_IMAGE_KEY]
-        feature_map, _, _ = features_and_logits(model, images)
-        with tf.GradientTape() as tape:
-            tape.watch(feature_map)
-            _, pooled, logits = features_and_logits(model, images, feature_map)
-            result = outputs(pooled, with_tta(model, images, logits, tta), transformed)
-            grade = result[features.GRADE_OUTPUT]
-            score = tf.gather(logits, grade, axis=1, batch_dims=1)
-        grads = tape.gradient(score, feature_map)
-        channel_weights = tf.reduce_mean(grads, axis=[1, 2], keepdims=True)
-        cam = tf.nn.relu(tf.reduce_sum(channel_weights * feature_map, axis=-1, keepdims=True))
-        cam = tf.image.resize(cam, tf.shape(images)[1:3], method="bilinear")[..., 0]
-        cam = tf.math.divide_no_nan(cam, tf.reduce_max(cam, axis=[1, 2], keepdims=True))
-        result[features.HEATMAP_OUTPUT] = cam
+        result, heat = grade_heatmap(
+            model, tapped, images,
+            lambda pooled, logits: outputs(pooled, with_tta(model, images, logits, tta),
+                                           transformed))
+        result[features.HEATMAP_OUTPUT] = heat
         return result
 
     return {

@@ -2,11 +2,13 @@
 
 `build_model` makes the trainable Keras model (augmentation, backbone, head);
 `features_and_logits` and `with_tta` are the inference path the post-hoc fits and the
-exported signatures share (components/train.py, components/export.py).
+exported signatures share (components/train.py, components/export.py); `tapped_backbone`
+and `tapped_features_and_logits` are the same path with inner backbone activations beside
+it, for the served heatmap.
 """
 
 import os
-from typing import Optional
+from typing import List, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -133,6 +135,47 @@ def features_and_logits(model: keras.Model, images: tf.Tensor, feature_map=None)
         feature_map = model.get_layer(BACKBONE)(rgb, training=False)
     pooled = model.get_layer("pool")(feature_map)
     return feature_map, pooled, model.get_layer(LOGITS)(pooled)
+
+
+def tapped_backbone(model: keras.Model, layer_names: Sequence[str]) -> keras.Model:
+    """The model's backbone with the outputs of the named inner layers beside its own.
+
+    Shares the backbone's layers and variables (nothing is copied). Called on the backbone's
+    RGB input it returns `[activation of each named layer..., last feature map]`.
+
+    Raises:
+      ValueError: a name that is not a layer of the backbone.
+    """
+    backbone = model.get_layer(BACKBONE)
+    names = {layer.name for layer in backbone.layers}
+    unknown = [name for name in layer_names if name not in names]
+    if unknown:
+        raise ValueError(f"not layers of the {backbone.name} ({backbone.__class__.__name__}):"
+                         f" {unknown}")
+    taps = [backbone.get_layer(name).output for name in layer_names]
+    return keras.Model(backbone.inputs, taps + [backbone.output], name="tapped_backbone")
+
+
+def tapped_features_and_logits(model: keras.Model, tapped: keras.Model,
+                               images: tf.Tensor) -> Tuple[List[tf.Tensor], tf.Tensor,
+                                                           tf.Tensor]:
+    """`features_and_logits` through a `tapped_backbone`: (inner activations, pooled, logits).
+
+    Args:
+      model: the model `tapped` was made from.
+      tapped: `tapped_backbone(model, layer_names)`.
+      images: float32 [N, S, S, 1] in [0, 1], the Transform graph's model input.
+
+    Returns:
+      (list of float32 [N, h, w, C], one per tapped layer; pooled features float32 [N, D];
+      logits float32 [N, 5], those of `features_and_logits`). The activations are the
+      tensors the rest of the network was computed from, so a GradientTape around this
+      call differentiates the logits with respect to them.
+    """
+    rgb = model.get_layer("rescale")(model.get_layer("to_rgb")([images, images, images]))
+    *taps, feature_map = tapped(rgb, training=False)
+    pooled = model.get_layer("pool")(feature_map)
+    return taps, pooled, model.get_layer(LOGITS)(pooled)
 
 
 def with_tta(model: keras.Model, images: tf.Tensor, logits: tf.Tensor, tta: bool):
