@@ -16,7 +16,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 from tfx_bsl.public import tfxio
 
-from components import export, features, post_hoc
+from components import autograph_rules, export, features, post_hoc
 from components.model import BACKBONE, build_model
 from components.model_config import ModelConfig
 
@@ -128,6 +128,7 @@ def finetune_schedule(config: ModelConfig, steps_per_epoch: int):
 def train(config: ModelConfig, train_ds: tf.data.Dataset, eval_ds: tf.data.Dataset,
           weights: Optional[Dict[int, float]], examples_per_epoch: int):
     """Frozen-backbone head training, then fine-tuning. Returns (model, history, stats)."""
+    autograph_rules.keep_autograph_out_of_tf_keras()
     keras.utils.set_random_seed(config.seed)
     model = build_model(config)
     backbone = model.get_layer(BACKBONE)
