@@ -16,7 +16,9 @@ import urllib.request
 import pytest
 
 import webapp_images as wi
+from components import features
 from koa.processes import ChildProcess, free_port
+from webapp import ood_reasons
 from webapp_testlib import REPO
 
 ADMIN_NAME = "chief"
@@ -320,8 +322,15 @@ def test_browser_login_upload_and_read_grade(live_server, tmp_path, direct_clien
             flagged.first.wait_for(timeout=60_000)
             text = flagged.first.inner_text()
             assert text.count("Not graded") == 1 and "undefined" not in text and "NaN" not in text
+            assert ood_reasons.describe(features.REASON_COLOUR)[0].text in text
             assert "bar-failed" in flagged.first.locator("progress").get_attribute("class")
             page.screenshot(path=os.path.join(shots, "08_upload_not_graded.png"), full_page=True)
+            # Its result page says why, in place of the grade.
+            flagged.first.locator("a").click()
+            reason = page.locator('[data-testid="ood-reason"][data-code="colour"]')
+            reason.wait_for(timeout=30_000)
+            assert page.locator('[data-testid="grade"]').count() == 0
+            page.screenshot(path=os.path.join(shots, "10_result_not_graded.png"), full_page=True)
         finally:
             browser.close()
     # No script errors and no Content-Security-Policy violations on any page.
