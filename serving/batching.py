@@ -29,7 +29,9 @@ class _Task:
     def __init__(self, inputs: dict, rows: int):
         self.inputs = inputs
         self.rows = rows
-        self.done = threading.Event()
+        # Held until the task is answered: one lock costs less per request than an Event.
+        self.done = threading.Lock()
+        self.done.acquire()  # pylint: disable=consider-using-with
         self.outputs = None
         self.error = None
 
@@ -102,12 +104,19 @@ class BatchScheduler:
                 self._open[key] = batch
                 self._queued[key] += 1
                 self._pending.append(batch)
+                wake = True  # a new deadline for the workers to wait for
+            else:
+                wake = False
             batch.tasks.append(task)
             batch.rows += rows
             if batch.rows >= self.config.max_batch_size:
                 batch.closed = True
-            self._cond.notify()
-        task.done.wait()
+                wake = True
+            # Joining a batch that is still open changes nothing a worker waits
+            # for: no wake-up (one per request would cost more than it saves).
+            if wake:
+                self._cond.notify()
+        task.done.acquire()
         if task.error is not None:
             raise task.error
         return task.outputs
@@ -182,7 +191,7 @@ class BatchScheduler:
                 task.error = error
         finally:
             for task in tasks:
-                task.done.set()
+                task.done.release()
 
     def flush(self):
         """From now on, runs every batch as soon as a worker is free (used at shutdown).

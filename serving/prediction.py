@@ -244,12 +244,10 @@ class ApiHandler:
             response.model_spec.name = spec.name
             response.model_spec.version.value = servable.version
             response.model_spec.signature_name = signature_name
-            tensor_proto = self._p.tensor_pb2.TensorProto
+            response_outputs, signature_outputs = response.outputs, signature.outputs
             for alias in aliases:
-                array = outputs[alias]
-                dtype = signature.outputs[alias].dtype
-                response.outputs[alias].CopyFrom(
-                    tensors.to_tensor_proto(array, tensor_proto, dtype, as_content=False))
+                tensors.fill_tensor_proto(response_outputs[alias], outputs[alias],
+                                          signature_outputs[alias].dtype, as_content=False)
             return response
 
     def _predict_inputs(self, signature, request) -> dict:
