@@ -6,7 +6,9 @@ the base paths, loads versions the version policy asks for and unloads the
 others. Swaps are atomic: the set of available versions is an immutable
 mapping replaced in one assignment, only after the new version has loaded;
 a request holds a reference to the version it resolved, so it completes even
-if that version is unloaded meanwhile.
+if that version is unloaded meanwhile. The manager keeps no reference to an
+unloaded version: its session is released as soon as the last such request
+is done (see :class:`serving.servable.Servable`).
 
 A version whose load fails, whatever the reason (truncated ``saved_model.pb``
 or variables, missing files, unreadable files, a copy still in progress, or

@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import threading
+import weakref
 
 import grpc
 import numpy as np
@@ -119,6 +120,11 @@ class Servable:
             raise ServableLoadError(f"cannot load SavedModel {path}: {e}") from e
         self._callables = {}
         self._lock = threading.Lock()
+        # The session is released by close(), or when the last reference goes:
+        # an unloaded version lives on only while requests that resolved it still
+        # hold it (TensorFlow Serving's servable handles), then frees its memory.
+        self._release = weakref.finalize(self, _close_session, self._session, f"{name} version {version}")
+        self._release.atexit = False  # the process's end releases everything anyway
 
     def _callable(self, signature_name: str, input_aliases: tuple, output_aliases: tuple):
         """A session callable feeding and fetching a signature's tensors, made once per
@@ -157,6 +163,10 @@ class Servable:
                 the inputs or failed (code and text taken from TensorFlow's error).
         """
         tf = _tf()
+        if not self._release.alive:
+            raise status.ServingStatusError(
+                grpc.StatusCode.UNAVAILABLE,
+                f"Servable {self.name} version {self.version} has been unloaded")
         if signature_name not in self.signature_defs:
             raise status.ServingStatusError(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -172,6 +182,16 @@ class Servable:
             raise status.invalid_argument(client_message(e)) from e
         return {alias: np.asarray(value) for alias, value in zip(output_aliases, values)}
 
+    @property
+    def closed(self) -> bool:
+        """True once the session has been released; :meth:`run` then raises UNAVAILABLE."""
+        return not self._release.alive
+
     def close(self):
-        """Releases the session (its graph, variables and thread pools)."""
-        self._session.close()
+        """Releases the session (its graph, variables and thread pools) now; idempotent."""
+        self._release()
+
+
+def _close_session(session, what: str):
+    _LOG.info("Releasing the session of %s", what)
+    session.close()
