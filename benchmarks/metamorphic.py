@@ -193,6 +193,11 @@ def input_check_rates(films: Dict[str, np.ndarray], batch: int = 50) -> dict:
                 "rotated_90": lambda f: np.rot90(f, 1), "rotated_180": lambda f: np.rot90(f, 2),
                 "rotated_270": lambda f: np.rot90(f, 3)}
     arrays = list(films.values())
+    # The Transform graph's upright sign, learned as its analyzer does: the sign of the
+    # originals' mean vertical asymmetry.
+    _, measures = preprocessing.preprocess_with_checks(
+        tf.constant([encode_png(f) for f in arrays]), 64, "none")
+    sign = 1.0 if float(np.mean(measures[features.VERTICAL_KEY].numpy())) >= 0 else -1.0
     rates = {}
     for name, make in variants.items():
         failed = collections.defaultdict(list)
@@ -200,6 +205,7 @@ def input_check_rates(films: Dict[str, np.ndarray], batch: int = 50) -> dict:
             encoded = [encode_png(np.ascontiguousarray(make(f)))
                        for f in arrays[start:start + batch]]
             _, measures = preprocessing.preprocess_with_checks(tf.constant(encoded), 64, "none")
+            measures[features.UPRIGHT_KEY] = measures[features.VERTICAL_KEY] * sign
             for code, ratio in ood.input_check_ratios(measures).items():
                 failed[code].extend((ratio.numpy() > 1.0).tolist())
         rates[name] = {code: float(np.mean(values)) for code, values in failed.items()}

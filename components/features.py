@@ -51,7 +51,13 @@ CHROMA_KEY = "chroma"  # mean over pixels of max - min over R, G, B; 0 for gray 
 MIN_SIDE_KEY = "min_side"  # the decoded film's smaller side, pixels
 POLARITY_KEY = "polarity"  # middle minus sides across the bones, in [-1, 1]; < 0 inverted
 ANISOTROPY_KEY = "anisotropy"  # column vs row profile spread, [-1, 1]; < 0 turned 90/270
-INPUT_CHECK_KEYS = (PIXEL_STD_KEY, CHROMA_KEY, MIN_SIDE_KEY, POLARITY_KEY, ANISOTROPY_KEY)
+# Upper half minus lower half along the bones, in [-1, 1], polarity-corrected.
+VERTICAL_KEY = "vertical_asymmetry"
+INPUT_CHECK_KEYS = (PIXEL_STD_KEY, CHROMA_KEY, MIN_SIDE_KEY, POLARITY_KEY, ANISOTROPY_KEY,
+                    VERTICAL_KEY)
+# Transform output only (an analyzer learns the training films' upright sign):
+# VERTICAL_KEY times that sign, > 0 for a film the right way up, < 0 turned 180 degrees.
+UPRIGHT_KEY = "upright"
 # Contrast enhancement the Transform graph can apply (components/preprocessing.py):
 # unclipped adaptive histogram equalisation, classic clip-limited CLAHE, or none.
 EQUALISATIONS = ("ahe", "clahe", "none")

@@ -22,10 +22,10 @@ preprocess_with_checks`, part of the Transform graph) and has a reason code
 - `inverted`: polarity (middle minus sides across the bones) below POLARITY_FLOOR: bone
   darker than soft tissue, e.g. a MONOCHROME1 film sent without inversion;
 - `rotated`: profile anisotropy below ANISOTROPY_FLOOR: the bones run horizontally, the
-  film is turned by 90 or 270 degrees.
-
-A film turned by 180 degrees is not caught: its profiles look like an upright film's
-(see components/preprocessing.py and docs/model.md).
+  film is turned by 90 or 270 degrees; or, where the Transform graph learned the training
+  films' upright sign (features.UPRIGHT_KEY), the vertical asymmetry with that sign below
+  UPRIGHT_FLOOR: the film is upside down (turned by 180 degrees). Models built without
+  Transform (the small test models) have no UPRIGHT_KEY and do not check it.
 
 Each check is a ratio that is > 1 when it fails. The exported score is the largest of them
 and of the feature distance / threshold (`unlike_training_films`), so <= 1 is typical of
@@ -55,9 +55,13 @@ MIN_IMAGE_SIDE = 64
 # Measured rates on the real films: docs/model.md, "Input checks".
 POLARITY_FLOOR = -0.01
 ANISOTROPY_FLOOR = -0.02
+# The upright measure is odd under a half turn; on 600 real training films it had median
+# 0.061 and 1st percentile 0.018, 0.3 % below this floor.
+UPRIGHT_FLOOR = -0.01
 # Medians on real knee films; a measure at its median scores 0, at its floor 1.
 _POLARITY_TYPICAL = 0.2
 _ANISOTROPY_TYPICAL = 0.7
+_UPRIGHT_TYPICAL = 0.06
 
 
 class OodError(ValueError):
@@ -109,7 +113,9 @@ def input_check_ratios(measures: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
 
     Args:
       measures: float32 [N] tensors keyed by features.INPUT_CHECK_KEYS, as
-        `preprocessing.preprocess_with_checks` returns them (other keys are ignored).
+        `preprocessing.preprocess_with_checks` returns them, and optionally
+        features.UPRIGHT_KEY (the Transform graph's; then `rotated` also flags a film
+        turned by 180 degrees). Other keys are ignored.
 
     Returns:
       {reason code (features.REASON_*): float32 [N]}.
@@ -117,6 +123,15 @@ def input_check_ratios(measures: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
     Raises:
       KeyError: a measure is missing.
     """
+    rotated = _below_floor(measures[features.ANISOTROPY_KEY], _ANISOTROPY_TYPICAL,
+                           ANISOTROPY_FLOOR)
+    if features.UPRIGHT_KEY in measures:
+        # Only for a film whose bones run vertically: turned by a quarter, the upright
+        # measure reads across the bones and means nothing (anisotropy flags it anyway).
+        upside_down = tf.where(measures[features.ANISOTROPY_KEY] >= 0,
+                               _below_floor(measures[features.UPRIGHT_KEY], _UPRIGHT_TYPICAL,
+                                            UPRIGHT_FLOOR), 0.0)
+        rotated = tf.maximum(rotated, upside_down)
     return {
         features.REASON_BLANK: BLANK_STD / tf.maximum(measures[features.PIXEL_STD_KEY], 1e-6),
         features.REASON_COLOUR: measures[features.CHROMA_KEY] / COLOUR_CHROMA,
@@ -124,8 +139,7 @@ def input_check_ratios(measures: Dict[str, tf.Tensor]) -> Dict[str, tf.Tensor]:
             measures[features.MIN_SIDE_KEY], 1.0),
         features.REASON_INVERTED: _below_floor(measures[features.POLARITY_KEY],
                                                _POLARITY_TYPICAL, POLARITY_FLOOR),
-        features.REASON_ROTATED: _below_floor(measures[features.ANISOTROPY_KEY],
-                                              _ANISOTROPY_TYPICAL, ANISOTROPY_FLOOR),
+        features.REASON_ROTATED: rotated,
     }
 
 

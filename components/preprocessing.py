@@ -19,6 +19,7 @@ differences, which is why it is off by default.
 from typing import Optional
 
 import tensorflow as tf
+import tensorflow_transform as tft
 
 from components import features
 
@@ -96,10 +97,9 @@ def _decode(image_bytes: tf.Tensor, image_size: int):
     )
     min_side = tf.cast(tf.reduce_min(tf.shape(image)[:2]), tf.float32)
     check_copy = tf.image.resize(image, [_CHECK_SIZE, _CHECK_SIZE], method="area")[..., 0]
-    # A film turned by 180 degrees is neither put right nor flagged: the rule tried
-    # ("the brighter half goes on top", true of 99% of the real training films) is the
-    # opposite on the synthetic phantoms, turned 98% of them and cost the demo model its
-    # gate (validation accuracy 0.51 -> 0.39); see docs/model.md.
+    # A film turned by 180 degrees is flagged, not put right: which half is brighter
+    # depends on the source (real films vs the synthetic phantoms), so a fixed put-right
+    # rule turned 98 % of the phantoms; the sign is learned instead (preprocessing_fn).
     image = tf.image.resize_with_pad(
         image, image_size, image_size, antialias=True
     )
@@ -114,12 +114,18 @@ def _polarity_and_anisotropy(small: tf.Tensor):
     column means of an upright film vary much more than its row means (anisotropy > 0;
     < 0 when turned by 90 or 270 degrees), and along the axis across the bones the middle
     half is brighter than the outer eighths (polarity > 0; < 0 for an inverted film).
+    Along the bones, one half of a film is brighter than the other in a consistent
+    direction for a given source (real knee films: the femoral half, 99.4 % of them);
+    the vertical asymmetry, multiplied by the sign of the polarity so that an inverted
+    film keeps its sign, flips when the film is turned by 180 degrees. Which sign is
+    upright is learned from the training films (`preprocessing_fn`).
 
     Args:
       small: float32 [N, H, W] gray films in [0, 1], resized to a fixed square.
 
     Returns:
-      (polarity float32 [N] in [-1, 1], anisotropy float32 [N] in [-1, 1]).
+      (polarity float32 [N] in [-1, 1], anisotropy float32 [N] in [-1, 1],
+       vertical asymmetry float32 [N] in [-1, 1]).
     """
     size = small.shape[-1]
     columns = tf.reduce_mean(small, axis=1)  # [N, W], the profile across vertical bones
@@ -133,7 +139,12 @@ def _polarity_and_anisotropy(small: tf.Tensor):
     middle = tf.reduce_mean(across_bones[:, size // 4: size - size // 4], axis=1)
     sides = tf.reduce_mean(tf.concat([across_bones[:, :side], across_bones[:, -side:]],
                                      axis=1), axis=1)
-    return middle - sides, anisotropy
+    polarity = middle - sides
+    along_bones = tf.where((anisotropy >= 0)[:, None], rows, columns)
+    vertical = (tf.reduce_mean(along_bones[:, :size // 2], axis=1)
+                - tf.reduce_mean(along_bones[:, size // 2:], axis=1))
+    polarity_sign = tf.where(polarity < 0, -1.0, 1.0)
+    return polarity, anisotropy, vertical * polarity_sign
 
 
 def decode_image(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
@@ -232,7 +243,7 @@ def preprocess_with_checks(image_bytes: tf.Tensor, image_size: int,
          PIXEL_STD_KEY, the gray pixels' standard deviation before enhancement;
          CHROMA_KEY, mean max - min over R, G, B, 0 for gray files;
          MIN_SIDE_KEY, the decoded film's smaller side in pixels;
-         POLARITY_KEY and ANISOTROPY_KEY, see `_polarity_and_anisotropy`).
+         POLARITY_KEY, ANISOTROPY_KEY and VERTICAL_KEY, see `_polarity_and_anisotropy`).
 
     Raises:
       ValueError: unknown `equalisation`.
@@ -249,13 +260,14 @@ def preprocess_with_checks(image_bytes: tf.Tensor, image_size: int,
                              tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.float32),
                              tf.TensorSpec([_CHECK_SIZE, _CHECK_SIZE], tf.float32)),
     )
-    polarity, anisotropy = _polarity_and_anisotropy(small)
+    polarity, anisotropy, vertical = _polarity_and_anisotropy(small)
     measures = {
         features.PIXEL_STD_KEY: tf.math.reduce_std(images, axis=[1, 2, 3]),
         features.CHROMA_KEY: chroma,
         features.MIN_SIDE_KEY: min_side,
         features.POLARITY_KEY: polarity,
         features.ANISOTROPY_KEY: anisotropy,
+        features.VERTICAL_KEY: vertical,
     }
     if equalisation != "none":
         images = clahe(images, clip_limit=_CLIP_LIMITS[equalisation])
@@ -280,14 +292,19 @@ def preprocessing_fn(inputs, custom_config):
         pipeline config.
 
     Returns:
-      The model's input image, the input-check measures (features.INPUT_CHECK_KEYS) and
-      the label.
+      The model's input image, the input-check measures (features.INPUT_CHECK_KEYS),
+      UPRIGHT_KEY and the label.
     """
     size = int(custom_config["image_size"])
     equalisation = custom_config.get("equalisation", DEFAULT_EQUALISATION)
     images, measures = preprocess_with_checks(inputs[features.IMAGE_KEY], size, equalisation)
+    # Which half is brighter along the bones depends on the source (real films: the
+    # femur's; the synthetic phantoms: the other), so the upright sign is the training
+    # films' mean sign, a constant of the exported graph.
+    upright_sign = tf.where(tft.mean(measures[features.VERTICAL_KEY]) < 0, -1.0, 1.0)
     return {
         features.TRANSFORMED_IMAGE_KEY: images,
         **measures,
+        features.UPRIGHT_KEY: measures[features.VERTICAL_KEY] * upright_sign,
         features.LABEL_KEY: tf.reshape(inputs[features.LABEL_KEY], [-1]),
     }

@@ -107,6 +107,22 @@ def test_input_checks_pass_films_and_flag_each_failure_with_its_reason(tmp_path)
     assert (scores[len(ok):] > 1.0).all(), scores
 
 
+def test_an_upside_down_film_is_rotated_where_the_upright_sign_was_learned(tmp_path):
+    film = _phantom(tmp_path)
+    images = [film, np.rot90(film, 2).copy(), 255 - film, np.rot90(film).copy()]
+    _, measures = preprocessing.preprocess_with_checks(
+        tf.constant([_encode(i) for i in images]), 64)
+    # Without the Transform graph's learned sign, a half turn is not checked.
+    reasons = ood.judge(ood.input_check_ratios(measures))[features.OOD_REASON_OUTPUT]
+    assert [r.decode() for r in reasons.numpy()] == ["", "", "inverted", "rotated"]
+    # With it (the sign the analyzer would learn from films like this one): the half
+    # turn is flagged, the upright and the inverted film are not called rotated.
+    sign = np.sign(measures[features.VERTICAL_KEY].numpy()[0])
+    learned = {**measures, features.UPRIGHT_KEY: measures[features.VERTICAL_KEY] * sign}
+    reasons = ood.judge(ood.input_check_ratios(learned))[features.OOD_REASON_OUTPUT]
+    assert [r.decode() for r in reasons.numpy()] == ["", "rotated", "inverted", "rotated"]
+
+
 def test_judge_names_every_failed_check_in_the_documented_order():
     ratios = {features.REASON_UNLIKE_TRAINING: tf.constant([0.5, 3.0, 1.0, 2.0]),
               features.REASON_ROTATED: tf.constant([0.1, 1.5, 0.2, 0.9]),

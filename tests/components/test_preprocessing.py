@@ -154,7 +154,7 @@ def test_10_to_16_bit_data_in_a_16_bit_png_gives_the_8_bit_image(tmp_path):
 def test_check_measures_read_size_polarity_and_orientation(tmp_path):
     film = _knee(tmp_path)
     images = [film, 255 - film, np.rot90(film).copy(), np.rot90(film, 3).copy(),
-              film[:40, :90]]
+              film[:40, :90], np.rot90(film, 2).copy()]
     _, measures = preprocessing.preprocess_with_checks(
         tf.constant([_encode(i) for i in images]), 64)
     assert set(measures) == set(features.INPUT_CHECK_KEYS)
@@ -166,4 +166,8 @@ def test_check_measures_read_size_polarity_and_orientation(tmp_path):
     np.testing.assert_allclose(polarity[1], -polarity[0], atol=0.01)  # inverted
     np.testing.assert_allclose(anisotropy[2:4], -anisotropy[0], atol=0.01)  # turned
     np.testing.assert_allclose(polarity[2:4], polarity[0], atol=0.01)  # read across bones
-    assert measures[features.MIN_SIDE_KEY].numpy().tolist() == [128, 128, 128, 128, 40]
+    assert measures[features.MIN_SIDE_KEY].numpy().tolist() == [128, 128, 128, 128, 40, 128]
+    vertical = measures[features.VERTICAL_KEY].numpy()
+    assert abs(vertical[0]) > 0.01
+    np.testing.assert_allclose(vertical[5], -vertical[0], atol=0.005)  # upside down
+    np.testing.assert_allclose(vertical[1], vertical[0], atol=0.005)  # inverted: same sign

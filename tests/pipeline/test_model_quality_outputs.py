@@ -80,6 +80,18 @@ def test_non_knee_images_are_flagged_and_training_knees_are_not(pipeline_run, pu
     assert np.mean(train[features.OOD_FLAG_OUTPUT].numpy()) <= 0.05
 
 
+def test_upside_down_films_are_flagged_rotated_and_upright_ones_are_not(pipeline_run, pushed):
+    records, _ = _examples(pipeline_run, features.EVAL_SPLIT)
+    films = [tf.io.decode_png(tf.train.Example.FromString(r).features.feature[
+        features.IMAGE_KEY].bytes_list.value[0]) for r in records[:8]]
+    serve = pushed.signatures[features.SERVING_SIGNATURE]
+    upright = serve(image_bytes=tf.stack([tf.io.encode_png(f) for f in films]))
+    turned = serve(image_bytes=tf.stack([tf.io.encode_png(tf.image.rot90(f, 2))
+                                         for f in films]))
+    assert not any(b"rotated" in r for r in upright[features.OOD_REASON_OUTPUT].numpy())
+    assert all(b"rotated" in r.split(b",") for r in turned[features.OOD_REASON_OUTPUT].numpy())
+
+
 def test_tta_makes_the_grade_of_a_mirrored_film_the_same(pipeline_run, pushed):
     assert pipeline_run.params.model.tta
     records, _ = _examples(pipeline_run, features.EVAL_SPLIT)
