@@ -32,8 +32,8 @@ _WORDS: Dict[str, Tuple[str, str]] = {
         "correct polarity and upload it again.",
     ),
     features.REASON_ROTATED: (
-        "rotated by 90 degrees",
-        "The film is rotated by 90 degrees (the leg lies across the image): turn it "
+        "rotated or upside down",
+        "The film is rotated (the leg lies across the image) or upside down: turn it "
         "upright and upload it again.",
     ),
     features.REASON_UNLIKE_TRAINING: (

@@ -164,7 +164,7 @@ def test_several_reasons_are_each_shown_in_the_model_order(client, auth, app):
         body, reasons = _reasons_on(client, path)
         assert reasons == expected and GRADE_ON_PAGE not in body
     history = html.unescape(client.get("/history").get_data(as_text=True))
-    assert ("Not graded: film looks inverted; rotated by 90 degrees; failed check "
+    assert ("Not graded: film looks inverted; rotated or upside down; failed check "
             "'metal_implant'") in history
 
 
