@@ -74,6 +74,24 @@ def fit(logits: np.ndarray, labels: np.ndarray, recall_floor: float) -> np.ndarr
     return offsets
 
 
+def stratified_half(labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A random half of every grade, for cross-fitting on the validation split.
+
+    Args:
+      labels: int [N] grades.
+      seed: seed of numpy's default generator (same seed, same half).
+
+    Returns:
+      bool [N], True for the floor(n / 2) chosen examples of each grade with n examples.
+    """
+    rng = np.random.default_rng(seed)
+    half = np.zeros(labels.size, dtype=bool)
+    for grade in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == grade))
+        half[members[: members.size // 2]] = True
+    return half
+
+
 def cross_fitted(logits: np.ndarray, labels: np.ndarray, recall_floor: float,
                  seed: int = 0) -> Dict[str, float]:
     """Accuracy and smallest grade recall of offsets scored on data they were not fitted on.
@@ -83,11 +101,7 @@ def cross_fitted(logits: np.ndarray, labels: np.ndarray, recall_floor: float,
     """
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels).reshape(-1).astype(np.int64)
-    rng = np.random.default_rng(seed)
-    half = np.zeros(labels.size, dtype=bool)
-    for grade in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == grade))
-        half[members[: members.size // 2]] = True
+    half = stratified_half(labels, seed)
     predicted = np.empty(labels.size, dtype=np.int64)
     for fit_on in (half, ~half):
         offsets = fit(logits[fit_on], labels[fit_on], recall_floor)

@@ -17,7 +17,7 @@ from typing import Dict
 
 import numpy as np
 
-from components import metrics
+from components import grade_offsets, metrics
 
 # Cut-points move on this grid (grade units); the search is one cut-point at a time.
 _STEP = 0.02
@@ -88,11 +88,7 @@ def cross_fitted(expected: np.ndarray, labels: np.ndarray, num_grades: int,
     """Grades [N] predicted by cut-points fitted on the other half (stratified by grade)."""
     expected = np.asarray(expected, dtype=np.float64).reshape(-1)
     labels = np.asarray(labels).reshape(-1).astype(np.int64)
-    rng = np.random.default_rng(seed)
-    half = np.zeros(labels.size, dtype=bool)
-    for grade in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == grade))
-        half[members[: members.size // 2]] = True
+    half = grade_offsets.stratified_half(labels, seed)
     predicted = np.empty(labels.size, dtype=np.int64)
     for fit_on in (half, ~half):
         cuts = fit(expected[fit_on], labels[fit_on], num_grades)
