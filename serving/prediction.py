@@ -53,14 +53,19 @@ def _require_model_spec(request):
         raise status.invalid_argument("Missing ModelSpec")
 
 
-def _classification_outputs(signature) -> list:
-    """Checks a signature for Classify as TF Serving does; returns its output aliases."""
-    if signature.method_name != servable_lib.CLASSIFY_METHOD:
+def _require_method_and_one_input(signature, kind: str, method: str) -> None:
+    """TF Serving's first two checks of a Classify/Regress signature, with its texts."""
+    if signature.method_name != method:
         raise status.invalid_argument(
-            f"Expected classification signature method_name to be {servable_lib.CLASSIFY_METHOD}. "
+            f"Expected {kind} signature method_name to be {method}. "
             f"Was: {signature.method_name}")
     if len(signature.inputs) != 1:
         raise status.invalid_argument("Expected one input Tensor.")
+
+
+def _classification_outputs(signature) -> list:
+    """Checks a signature for Classify as TF Serving does; returns its output aliases."""
+    _require_method_and_one_input(signature, "classification", servable_lib.CLASSIFY_METHOD)
     if len(signature.outputs) not in (1, 2):
         raise status.invalid_argument(
             f"Expected one or two output Tensors, found {len(signature.outputs)}")
@@ -79,12 +84,7 @@ def _classification_outputs(signature) -> list:
 
 def _regression_outputs(signature) -> list:
     """Checks a signature for Regress as TF Serving does; returns its output alias."""
-    if signature.method_name != servable_lib.REGRESS_METHOD:
-        raise status.invalid_argument(
-            f"Expected regression signature method_name to be {servable_lib.REGRESS_METHOD}. "
-            f"Was: {signature.method_name}")
-    if len(signature.inputs) != 1:
-        raise status.invalid_argument("Expected one input Tensor.")
+    _require_method_and_one_input(signature, "regression", servable_lib.REGRESS_METHOD)
     if len(signature.outputs) != 1:
         raise status.invalid_argument("Expected one output Tensor.")
     if REGRESS_INPUTS not in signature.inputs:
