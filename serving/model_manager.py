@@ -18,11 +18,15 @@ loads, so the previous version keeps serving. It is retried as soon as the
 directory's contents change, and otherwise up to ``max_num_load_retries``
 times, ``load_retry_interval`` apart. Nothing a version directory holds can
 stop the poller: every poll step is guarded, failures are logged and the next
-poll runs as scheduled.
+poll runs as scheduled. No poll or load ever blocks on a version's files: the
+change fingerprint only stats them, and an entry that is not a regular file
+or directory (a named pipe would block its reader forever) fails the load
+before anything is opened (:func:`serving.servable.check_regular_files`).
 """
 
 import logging
 import os
+import stat
 import threading
 import time
 from dataclasses import dataclass
@@ -33,7 +37,7 @@ import grpc
 
 from serving import status
 from serving.server_config import ServedModelConfig
-from serving.servable import Servable
+from serving.servable import Servable, walk_version
 
 _LOG = logging.getLogger(__name__)
 
@@ -65,18 +69,11 @@ class _Failure:
 
 
 def _fingerprint(path: str) -> tuple:
-    """Summarises a directory tree's names, sizes and mtimes, to notice changes."""
-    entries = []
-    for root, dirs, files in os.walk(path):
-        dirs.sort()
-        for name in sorted(files):
-            full = os.path.join(root, name)
-            try:
-                st = os.stat(full)
-            except OSError:
-                continue
-            entries.append((os.path.relpath(full, path), st.st_size, st.st_mtime_ns))
-    return tuple(entries)
+    """Summarises a version directory's entries (names, types, sizes, mtimes and
+    inodes) to notice changes, from ``stat`` alone: no file is opened."""
+    return tuple((name, None) if st is None else
+                 (name, stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns, st.st_ino)
+                 for name, st in walk_version(path))
 
 
 _MAX_VERSION = 2 ** 63 - 1  # versions are int64, as in TensorFlow Serving

@@ -10,11 +10,18 @@ fetch its output tensors by name, so TensorFlow alone decides whether a
 tensor's shape and dtype fit the graph (no static pre-check of the
 SignatureDef's shapes, which are hints: ``x`` of shape ``[-1, 1]`` accepts a
 ``[3]`` tensor if the graph's ops do).
+
+Before anything of a version is read, every entry below its directory is
+checked with ``stat`` (symlinks followed): a SavedModel holds only regular
+files and directories, and an entry of any other kind (a named pipe, which
+blocks its reader forever, a socket, a device) fails the load with an error
+naming it. Such an entry is never opened.
 """
 
 import logging
 import os
 import re
+import stat
 import threading
 import weakref
 
@@ -49,6 +56,109 @@ class ServableLoadError(RuntimeError):
         self.code = code
 
 
+# What a non-regular, non-directory entry is, for the load error.
+_FILE_KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFSOCK: "a socket",
+               stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+
+
+def walk_version(path: str):
+    """Yields every entry below a version directory, without opening any file.
+
+    Symlinks are followed, as the loader follows them; each directory is listed
+    once, so a symlink loop ends. Only directories are opened (to list them).
+
+    Args:
+        path: the version directory.
+
+    Yields:
+        (path relative to ``path``, ``os.stat_result`` or None when the entry
+        cannot be stat'ed, e.g. a dangling symlink), depth first in name order.
+    """
+    try:
+        root = os.stat(path)
+    except OSError:
+        return
+    seen = {(root.st_dev, root.st_ino)}
+    pending = [""]
+    while pending:
+        relative = pending.pop()
+        try:
+            with os.scandir(os.path.join(path, relative)) as entries:
+                names = sorted(entry.name for entry in entries)
+        except OSError:
+            continue  # unreadable directory: the loader reports what it misses
+        subdirectories = []
+        for name in names:
+            child = os.path.join(relative, name)
+            try:
+                st = os.stat(os.path.join(path, child))
+            except OSError:
+                st = None
+            yield child, st
+            if st is not None and stat.S_ISDIR(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                subdirectories.append(child)
+        pending.extend(reversed(subdirectories))
+
+
+def _not_regular(full_path: str, st: os.stat_result) -> str:
+    """The error text for an entry that is neither a regular file nor a directory."""
+    kind = _FILE_KINDS.get(stat.S_IFMT(st.st_mode), f"of file type {stat.S_IFMT(st.st_mode):#o}")
+    link = f" (a symlink to {os.path.realpath(full_path)})" if os.path.islink(full_path) else ""
+    return (f"{full_path}{link} is not a regular file but {kind}; a SavedModel holds only "
+            f"regular files and directories")
+
+
+def check_regular_files(path: str):
+    """Checks that a version directory holds only regular files and directories.
+
+    Nothing is opened: a named pipe would block its reader forever and a device
+    or socket is no SavedModel file, so such an entry must be refused before the
+    loader (or warmup) reads the version. Entries that cannot be stat'ed are left
+    to the loader, which reports the files it needs and cannot read.
+
+    Raises:
+        ServableLoadError: FAILED_PRECONDITION naming the first such entry.
+    """
+    for relative, st in walk_version(path):
+        if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            raise ServableLoadError(_not_regular(os.path.join(path, relative), st),
+                                    grpc.StatusCode.FAILED_PRECONDITION)
+
+
+def regular_file_problem(path: str):
+    """Returns why ``path`` must not be opened (it exists and is not a regular file), or None.
+
+    None also when it cannot be stat'ed: opening it then fails without blocking.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return None if stat.S_ISREG(st.st_mode) else _not_regular(path, st)
+
+
+def _read_regular_file(path: str) -> bytes:
+    """Reads a file that must be a regular file, never blocking on a named pipe.
+
+    The type is checked before opening; the open is non-blocking and the type
+    checked again on the descriptor, in case the file was replaced in between.
+
+    Raises:
+        ServableLoadError: FAILED_PRECONDITION when it is not a regular file.
+        OSError: it cannot be opened or read.
+    """
+    problem = regular_file_problem(path)
+    if problem is None:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(descriptor, "rb") as f:
+            st = os.fstat(descriptor)
+            if stat.S_ISREG(st.st_mode):
+                return f.read()
+            problem = _not_regular(path, st)
+    raise ServableLoadError(problem, grpc.StatusCode.FAILED_PRECONDITION)
+
+
 def _tf():
     # TensorFlow is imported on first load, never at import time, so that the
     # server's flag parsing and the protobuf-only modules stay light.
@@ -68,13 +178,15 @@ def read_signature_defs(path: str) -> dict:
     """Returns the SignatureDefs of the ``serve`` MetaGraph of a SavedModel.
 
     Raises:
-        ServableLoadError: no ``saved_model.pb``, unparsable, or no ``serve`` MetaGraph.
+        ServableLoadError: no ``saved_model.pb``, not a regular file, unparsable,
+            or no ``serve`` MetaGraph.
     """
     pb_path = os.path.join(path, "saved_model.pb")
     p = protos.load()
     try:
-        with open(pb_path, "rb") as f:
-            saved_model = p.saved_model_pb2.SavedModel.FromString(f.read())
+        saved_model = p.saved_model_pb2.SavedModel.FromString(_read_regular_file(pb_path))
+    except ServableLoadError:
+        raise
     except FileNotFoundError as e:
         raise ServableLoadError(f"SavedModel not found in export directory: {path}",
                                 grpc.StatusCode.NOT_FOUND) from e
@@ -100,11 +212,13 @@ class Servable:
         """Loads the SavedModel in ``path`` into a session of its own.
 
         Raises:
-            ServableLoadError: the directory does not hold a loadable SavedModel.
+            ServableLoadError: the directory does not hold a loadable SavedModel,
+                or holds an entry that is not a regular file or directory.
         """
         self.name = name
         self.version = version
         self.path = path
+        check_regular_files(path)
         self.signature_defs = read_signature_defs(path)
         tf = _tf()
         self._graph = tf.Graph()

@@ -7,7 +7,9 @@ against the freshly loaded version, ``num_request_iterations`` times, before
 the version serves: the first client request then does not pay for tracing,
 graph optimisation and allocator growth. Any failure (unreadable file, a
 record that is not a PredictionLog, a request the model rejects, more than
-:data:`MAX_RECORDS` records) fails the version's load, as upstream.
+:data:`MAX_RECORDS` records) fails the version's load, as upstream; so does a
+warmup file that is not a regular file (a named pipe would block the reader
+forever), refused without being opened.
 
 :func:`write_warmup_requests` writes such a file (used by the Pusher).
 """
@@ -93,16 +95,23 @@ def run_warmup(servable, num_request_iterations: int = 1) -> int:
         The number of records replayed (0 when the SavedModel has no warmup file).
 
     Raises:
-        WarmupError: the file cannot be read or parsed, holds more than
+        WarmupError: the file is not a regular file (FAILED_PRECONDITION),
+            cannot be read or parsed, holds more than
             :data:`MAX_RECORDS` records or an unsupported log type, or a
             request fails (its status code is kept).
     """
     from serving.prediction import ApiHandler  # pylint: disable=import-outside-toplevel
 
+    from serving.servable import regular_file_problem  # pylint: disable=import-outside-toplevel
+
     path = warmup_path(servable.path)
     if not os.path.exists(path):
         _LOG.info("No warmup data file found at %s", path)
         return 0
+    # TensorFlow's reader would block forever on a named pipe: check before it opens.
+    problem = regular_file_problem(path)
+    if problem is not None:
+        raise WarmupError(problem, grpc.StatusCode.FAILED_PRECONDITION)
     iterations = max(1, num_request_iterations)
     pb2 = _prediction_log_pb2()
     handler = ApiHandler(_OneServable(servable))
