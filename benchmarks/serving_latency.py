@@ -8,6 +8,15 @@ Same model, same machine, same run:
   batch-32 throughput with CPU time per image;
 * p50/p99 latency of gRPC Predict and REST predict at batch 1 (one client,
   sequential requests) against in-process batch 1 (goal: gRPC p50 <= 1.10 x);
+* the server's fixed cost per request, apart from any model: gRPC Predict p50
+  of a 1-value request to a server on TensorFlow Serving's
+  ``saved_model_half_plus_two_cpu`` (``../shared/testdata/tfserving``; skipped,
+  with the reason logged, when absent) minus the in-process ``Session`` p50 of
+  the same signature (:class:`serving.servable.Servable`), and the floor under
+  it: the round-trip p50 of a bare grpcio unary echo server in a separate
+  process (no TensorFlow) with a request of the same size. Both clients send
+  pre-serialised bytes. A model whose in-process p50 is ``t`` then has a gRPC
+  p50 ratio of about ``1 + fixed / t`` (the JSON's ``fixed_cost`` section);
 * throughput (images/s) at 1, 8 and 32 concurrent single-image gRPC clients
   against ``python -m serving`` with and without server-side batching, against
   in-process batched inference (goal: >= 0.80 at 32 clients with batching),
@@ -38,6 +47,7 @@ test: figures depend on what else the machine runs (say so with ``--note``).
 Usage:
     python benchmarks/serving_latency.py [--model-base-path DIR] [--output FILE]
         [--rounds N] [--seconds S] [--client-processes N] [--note TEXT]
+        [--half-plus-two-base-path DIR]
     python benchmarks/serving_latency.py --profile FILE   # where the server's CPU goes
 """
 
@@ -71,6 +81,9 @@ BATCHING_CONFIG = ("max_batch_size { value: 32 }\nbatch_timeout_micros { value: 
                    "num_batch_threads { value: 2 }\nmax_enqueued_batches { value: 1000 }\n")
 SHARED_IMAGE = "/work/shared/data/kneeKL224/train/2"
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
+ECHO_METHOD = "/bench.Echo/Echo"
+HALF_PLUS_TWO = os.path.join(os.path.dirname(REPO_ROOT), "shared", "testdata", "tfserving",
+                             "saved_model_half_plus_two_cpu")
 GOALS = {"grpc_p50_ratio_max": 1.10, "throughput_batching_32_ratio_min": 0.80}
 
 
@@ -102,12 +115,12 @@ def _process_cpu_seconds(pid: int) -> float:
 
 
 class _Server(ChildProcess):
-    def __init__(self, base_path, extra_args, log_path):
+    def __init__(self, base_path, extra_args, log_path, model_name="koa"):
         self.grpc_port, self.rest_port = free_port(), free_port()
         env = dict(os.environ, **features.KERAS_ENV, TF_CPP_MIN_LOG_LEVEL="2",
                    PYTHONPATH=REPO_ROOT)
         self.argv = [sys.executable, "-m", "serving", f"--port={self.grpc_port}",
-                     f"--rest_api_port={self.rest_port}", "--model_name=koa",
+                     f"--rest_api_port={self.rest_port}", f"--model_name={model_name}",
                      f"--model_base_path={base_path}", *extra_args]
         super().__init__("model server", self.argv, env=env, log_path=log_path, cwd=REPO_ROOT)
         self.target = f"localhost:{self.grpc_port}"
@@ -158,6 +171,145 @@ def _rest_latency(rest_port, image, n, warmup):
             times.append(time.perf_counter() - started)
     connection.close()
     return _percentiles(times)
+
+
+# -- Fixed cost per request: half_plus_two and a bare gRPC echo --------------------
+
+
+def _echo_server_process(ready, stop):
+    """A grpcio server answering ECHO_METHOD with the request's bytes (no TensorFlow,
+    no protobuf parsing); puts its port on `ready`, serves until `stop` is set."""
+    from concurrent import futures  # pylint: disable=import-outside-toplevel
+
+    handler = grpc.method_handlers_generic_handler("bench.Echo", {
+        "Echo": grpc.unary_unary_rpc_method_handler(lambda request, context: request)})
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), handlers=[handler])
+    port = server.add_insecure_port("localhost:0")
+    server.start()
+    ready.put(port)
+    stop.wait()
+    server.stop(grace=None)
+
+
+class _EchoServer:
+    """The echo server in a spawned process (so it carries no TensorFlow)."""
+
+    def __init__(self):
+        context = multiprocessing.get_context("spawn")
+        ready, self._stop = context.Queue(), context.Event()
+        self._process = context.Process(target=_echo_server_process, args=(ready, self._stop), daemon=True)
+        self._process.start()
+        self.target = f"localhost:{ready.get(timeout=120)}"
+
+    def close(self):
+        """Stops the server process."""
+        self._stop.set()
+        self._process.join(timeout=60)
+
+
+def _raw_latency(target, method, request_bytes, n, warmup):
+    """p50/p99 of sequential unary calls sending pre-serialised bytes (answers not decoded)."""
+    times = []
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(method)
+        for i in range(warmup + n):
+            started = time.perf_counter()
+            call(request_bytes, timeout=60)
+            if i >= warmup:
+                times.append(time.perf_counter() - started)
+    return _percentiles(times)
+
+
+class _HalfPlusTwo:
+    """TensorFlow Serving's half_plus_two (y = 0.5 x + 2) served and run in-process.
+
+    Args:
+        base_path: ``saved_model_half_plus_two_cpu`` (one version directory).
+        workdir: where the server's log goes.
+        server_args: extra flags for the server.
+    """
+
+    NAME = "half_plus_two"
+
+    def __init__(self, base_path, workdir, server_args):
+        from serving.servable import Servable  # pylint: disable=import-outside-toplevel
+
+        p = protos.load()
+        versions = scan_versions(base_path)  # upstream's directory is 00000123
+        self.version = max(versions)
+        self.server = _Server(base_path, server_args, os.path.join(workdir, "server-half_plus_two.log"),
+                              model_name=self.NAME)
+        try:
+            self.servable = Servable(self.NAME, self.version, versions[self.version])
+        except Exception:
+            self.server.stop()
+            raise
+        request = p.predict_pb2.PredictRequest()
+        request.model_spec.name = self.NAME
+        request.inputs["x"].CopyFrom(tensors.to_tensor_proto(np.array([2.0], dtype=np.float32),
+                                                             p.tensor_pb2.TensorProto))
+        self.request_bytes = request.SerializeToString()
+        self._x = np.array([2.0], dtype=np.float32)
+
+    def check(self):
+        """Raises RuntimeError unless both paths answer y = 3 for x = 2."""
+        p = protos.load()
+        with grpc.insecure_channel(self.server.target) as channel:
+            answer = p.predict_pb2.PredictResponse.FromString(
+                channel.unary_unary(PREDICT_METHOD)(self.request_bytes, timeout=60))
+        served = list(answer.outputs["y"].float_val)
+        local = self.servable.run("serving_default", {"x": self._x}, ["y"])["y"].tolist()
+        if served != [3.0] or local != [3.0]:
+            raise RuntimeError(f"half_plus_two answered {served} (server) and {local} (in-process), not [3.0]")
+
+    def in_process_latency(self, n, warmup):
+        """p50/p99 of the Servable's Session run of the same 1-value request."""
+        times = []
+        for i in range(warmup + n):
+            started = time.perf_counter()
+            self.servable.run("serving_default", {"x": self._x}, ["y"])
+            if i >= warmup:
+                times.append(time.perf_counter() - started)
+        return _percentiles(times)
+
+
+def _measure_fixed_cost(half_plus_two, echo, n, warmup):
+    """One round's fixed-cost figures (half_plus_two ones only when it is served)."""
+    measured = {"echo_grpc": _raw_latency(echo.target, ECHO_METHOD,
+                                          half_plus_two.request_bytes if half_plus_two else b"\0" * 64,
+                                          n, warmup)}
+    if half_plus_two is not None:
+        measured["half_plus_two_grpc"] = _raw_latency(half_plus_two.server.target, PREDICT_METHOD,
+                                                      half_plus_two.request_bytes, n, warmup)
+        measured["half_plus_two_in_process"] = half_plus_two.in_process_latency(n, warmup)
+        measured["server_fixed_cost_ms"] = (measured["half_plus_two_grpc"]["p50_ms"]
+                                            - measured["half_plus_two_in_process"]["p50_ms"])
+    return measured
+
+
+def _summarise_fixed_cost(rounds: list, skipped: str) -> dict:
+    """Medians over the rounds of the fixed-cost figures, and what they predict for the
+    main model's gRPC batch-1 ratio: (fixed cost + model time) / model time."""
+    summary = {"echo_grpc_p50_ms": _median([r["fixed_cost"]["echo_grpc"]["p50_ms"] for r in rounds])}
+    if skipped:
+        summary["half_plus_two_skipped"] = skipped
+        return summary
+    fixed = _median([r["fixed_cost"]["server_fixed_cost_ms"] for r in rounds])
+    summary.update({
+        "half_plus_two_grpc_p50_ms": _median([r["fixed_cost"]["half_plus_two_grpc"]["p50_ms"] for r in rounds]),
+        "half_plus_two_in_process_p50_ms": _median([r["fixed_cost"]["half_plus_two_in_process"]["p50_ms"]
+                                                    for r in rounds]),
+        "server_fixed_cost_ms": fixed,
+        "server_fixed_cost_above_echo_ms": _median([r["fixed_cost"]["server_fixed_cost_ms"]
+                                                    - r["fixed_cost"]["echo_grpc"]["p50_ms"] for r in rounds]),
+        # A ratio of at most 1.10 needs a model whose in-process p50 is >= 10 x the fixed cost.
+        "min_in_process_p50_ms_for_grpc_ratio_1_10": fixed / (GOALS["grpc_p50_ratio_max"] - 1.0),
+        "predicted_grpc_p50_ratio": {
+            path: _median([1.0 + r["fixed_cost"]["server_fixed_cost_ms"]
+                           / r["in_process"][path]["latency_batch_1"]["p50_ms"] for r in rounds])
+            for path in rounds[0]["in_process"]},
+    })
+    return summary
 
 
 # -- Load generator (runs in spawned client processes) ----------------------------
@@ -441,6 +593,9 @@ def main(argv=None) -> int:
     parser.add_argument("--batching-server-arg", action="append", default=None,
                         help="extra flag for the batching server (repeatable; default "
                              "--grpc_max_threads=64, so that 32 clients can join one batch)")
+    parser.add_argument("--half-plus-two-base-path", default=HALF_PLUS_TWO,
+                        help="TensorFlow Serving's saved_model_half_plus_two_cpu, for the fixed cost "
+                             "per request (skipped when it holds no version)")
     parser.add_argument("--note", default="", help="what else ran on the machine, recorded in the JSON")
     parser.add_argument("--profile", metavar="FILE",
                         help="instead: profile a batching server in this process under 32 clients "
@@ -486,8 +641,17 @@ def main(argv=None) -> int:
                                             "one pre-serialised 1-image PredictRequest per call"}}
     # Both servers load while this process loads its own copies (that takes minutes
     # on a busy machine); an idle server costs nothing while the other is measured.
-    servers, load = {}, _LoadGenerator(args.client_processes)
+    servers, load, echo, half_plus_two = {}, _LoadGenerator(args.client_processes), None, None
+    skipped = ""
+    if not scan_versions(args.half_plus_two_base_path):
+        skipped = f"no version of saved_model_half_plus_two_cpu under {args.half_plus_two_base_path}"
+        _LOG.warning("Fixed cost per request: half_plus_two skipped (%s); only the echo floor is measured",
+                     skipped)
     try:
+        echo = _EchoServer()
+        if not skipped:
+            half_plus_two = _HalfPlusTwo(args.half_plus_two_base_path, workdir, args.server_arg)
+            results["server_half_plus_two_argv"] = half_plus_two.server.argv[1:]
         for label, extra in (("no_batching", []), ("batching", batching_args + args.batching_server_arg)):
             servers[label] = _Server(base_path, extra + args.server_arg,
                                      os.path.join(workdir, f"server-{label}.log"))
@@ -495,6 +659,9 @@ def main(argv=None) -> int:
         calls = _in_process_calls(os.path.join(base_path, str(version)), image)
         for server in servers.values():
             server.wait_ready()
+        if half_plus_two is not None:
+            half_plus_two.server.wait_ready()
+            half_plus_two.check()
         single = np.array([image], dtype=object)
         batch = np.array([image] * IN_PROCESS_BATCH, dtype=object)
         rounds = []
@@ -507,6 +674,7 @@ def main(argv=None) -> int:
             measured["grpc_latency"] = _grpc_latency(target, image, args.latency_requests, 5)
             measured["rest_latency"] = _rest_latency(servers["no_batching"].rest_port, image,
                                                      args.latency_requests, 5)
+            measured["fixed_cost"] = _measure_fixed_cost(half_plus_two, echo, 10 * args.latency_requests, 50)
             for label, server in servers.items():
                 measured[f"throughput_{label}"] = [
                     load.run(server.target, server.pid, request_bytes, clients, args.seconds)
@@ -519,13 +687,19 @@ def main(argv=None) -> int:
         load.close()
         for server in servers.values():
             server.stop()
+        if half_plus_two is not None:
+            half_plus_two.server.stop()
+        if echo is not None:
+            echo.close()
     results.update(_summarise(rounds))
+    results["fixed_cost"] = _summarise_fixed_cost(rounds, skipped)
     results["goals"] = GOALS
     results["rounds"] = rounds
     results["machine"]["load_average_at_end"] = os.getloadavg()
     atomic_dir.write_json(args.output, results)
     _LOG.info("Wrote %s", args.output)
-    print(json.dumps({"medians": results["medians"], "ratios": results["ratios"]}, indent=2))
+    print(json.dumps({"medians": results["medians"], "ratios": results["ratios"],
+                      "fixed_cost": results["fixed_cost"]}, indent=2))
     return 0
 
 
