@@ -76,11 +76,55 @@ class OrdinalLogits(keras.layers.Layer):
         return {**super().get_config(), "num_grades": self.num_grades}
 
 
+class RandomGamma(keras.__internal__.layers.BaseRandomLayer):
+    """Random gamma correction of intensities in [0, 1]; the identity unless training.
+
+    In training each image becomes x ** gamma with its own gamma = exp(u),
+    u ~ U(-max_log_gamma, max_log_gamma): gamma < 1 lifts the mid-tones, > 1 darkens them,
+    while 0 (background, the rotation fill) and 1 stay put, so the output stays in [0, 1].
+    Inputs are clipped to [0, 1] first (a fractional power of a negative number is
+    undefined).
+
+    Args:
+      max_log_gamma: the range of log gamma (±), >= 0.
+      seed: seed of the layer's random generator.
+
+    Input and output: float32 [N, H, W, C].
+
+    Raises:
+      ValueError: a negative `max_log_gamma`.
+    """
+
+    def __init__(self, max_log_gamma: float, seed: Optional[int] = None, **kwargs):
+        # force_generator: the same seeded generator Keras's own Random* layers use.
+        super().__init__(seed=seed, force_generator=True, **kwargs)
+        if not max_log_gamma >= 0:
+            raise ValueError(f"max_log_gamma must be >= 0, got {max_log_gamma}")
+        self.max_log_gamma = float(max_log_gamma)
+        self.seed = seed
+
+    def call(self, inputs, training=True):
+        if not training:
+            return inputs
+        shape = tf.stack([tf.shape(inputs)[0], 1, 1, 1])
+        log_gamma = self._random_generator.random_uniform(
+            shape, -self.max_log_gamma, self.max_log_gamma, dtype=inputs.dtype)
+        return tf.pow(tf.clip_by_value(inputs, 0.0, 1.0), tf.exp(log_gamma))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "max_log_gamma": self.max_log_gamma,
+                "seed": self.seed}
+
+
 def build_model(config: ModelConfig) -> keras.Model:
     """Preprocessed gray image [S, S, 1] in [0, 1] -> grade probabilities [5].
 
     Augmentation layers are part of the model and act only when `training=True`, so
-    Keras applies them to training batches and never to validation or serving.
+    Keras applies them to training batches and never to validation; the exported
+    signatures skip them altogether (`features_and_logits`).
     """
     size = config.image_size
     inputs = keras.Input((size, size, 1), name=features.TRANSFORMED_IMAGE_KEY)
@@ -91,8 +135,11 @@ def build_model(config: ModelConfig) -> keras.Model:
                                     seed=config.seed + 1),
         keras.layers.RandomZoom((-config.augment_zoom, config.augment_zoom),
                                 fill_mode="constant", seed=config.seed + 2),
-        keras.layers.RandomContrast(config.augment_contrast, seed=config.seed + 3),
     ]
+    if config.augment_gamma:
+        # Before the contrast layer, whose output may leave [0, 1].
+        layers.append(RandomGamma(config.augment_gamma, seed=config.seed + 5, name="gamma"))
+    layers.append(keras.layers.RandomContrast(config.augment_contrast, seed=config.seed + 3))
     if config.augment_translate:
         layers.append(keras.layers.RandomTranslation(
             config.augment_translate, config.augment_translate, fill_mode="constant",

@@ -61,6 +61,13 @@ class ModelConfig:
       augment_zoom: random zoom range, a fraction of the image size (±).
       augment_translate: random shift range, a fraction of the image size (±).
       augment_contrast: random contrast factor range (±).
+      augment_gamma: random gamma correction of the [0, 1] intensities in training: each
+        image becomes x ** gamma with gamma = exp(U(-augment_gamma, augment_gamma)), at most
+        1.0 (gamma within e^±1). 0 = off.
+      mixup_alpha: mixup (Zhang et al. 2018) in both training phases: each training batch
+        is blended with a shuffled copy of itself, images and one-hot grades alike, with
+        one weight lambda ~ Beta(mixup_alpha, mixup_alpha) per batch; at most 1.0 (uniform
+        lambda). 0 = off. Needs batch_size >= 2.
     """
 
     image_size: int = 128
@@ -93,6 +100,8 @@ class ModelConfig:
     augment_zoom: float = 0.1
     augment_translate: float = 0.0
     augment_contrast: float = 0.15
+    augment_gamma: float = 0.0
+    mixup_alpha: float = 0.0
 
     @classmethod
     def from_dict(cls, values: Dict) -> "ModelConfig":
@@ -128,6 +137,18 @@ class ModelConfig:
         if min(config.augment_rotation, config.augment_zoom, config.augment_translate,
                config.augment_contrast) < 0:
             raise ValueError("augmentation ranges must not be negative")
+        # Written `not lo <= x <= hi` so that NaN is refused too.
+        if not 0.0 <= config.augment_gamma <= 1.0:
+            raise ValueError(f"augment_gamma must be in [0, 1] (gamma within e^±1 = "
+                             f"0.37..2.72), got {config.augment_gamma}")
+        if not 0.0 <= config.mixup_alpha <= 1.0:
+            # Above 1, Beta(alpha, alpha) crowds lambda around 0.5: most training images
+            # would be even blends of two knees rather than one knee with a trace of another.
+            raise ValueError(f"mixup_alpha must be in [0, 1] (0 = off; 0.1-0.4 is usual), "
+                             f"got {config.mixup_alpha}")
+        if config.mixup_alpha and config.batch_size < 2:
+            raise ValueError(f"mixup_alpha > 0 needs batch_size >= 2 (mixup pairs the images "
+                             f"of a batch), got batch_size {config.batch_size}")
         if config.tuner_trials < 1 or config.tuner_epochs < 1:
             raise ValueError("tuner_trials and tuner_epochs must be at least 1")
         return config

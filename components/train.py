@@ -1,4 +1,5 @@
-"""Training for the TFX Trainer: datasets, loss, class weights, the two-phase fit, `run_fn`.
+"""Training for the TFX Trainer: datasets, loss, class weights, mixup, the two-phase fit,
+`run_fn`.
 
 The Trainer calls `run_fn`. Settings arrive in `fn_args.custom_config` (params.yaml's
 `model:` section, documented by `components.model_config.ModelConfig`); when the pipeline
@@ -24,23 +25,128 @@ keras = tf.keras
 logger = logging.getLogger(__name__)
 
 
+def _neighbour_matrix() -> tf.Tensor:
+    """[K, K]: row g spreads one unit of mass evenly over the grades next to g (all of it
+    to the one neighbour of grade 0 or K-1)."""
+    grade = tf.range(features.NUM_GRADES)
+    # one_hot of -1 or NUM_GRADES is all zeros: the edge grades have one neighbour.
+    neighbours = (tf.one_hot(grade - 1, features.NUM_GRADES)
+                  + tf.one_hot(grade + 1, features.NUM_GRADES))
+    return neighbours / tf.reduce_sum(neighbours, axis=-1, keepdims=True)
+
+
+def _target_distributions(labels: tf.Tensor) -> tf.Tensor:
+    """Training targets as distributions over the grades, float32 [N, K]: grade indices
+    ([N] or [N, 1], any numeric dtype) become one-hot rows; rows that already are
+    distributions ([N, K], e.g. mixup's) pass through."""
+    if labels.shape.rank == 2 and labels.shape[-1] == features.NUM_GRADES:
+        return tf.cast(labels, tf.float32)
+    grade = tf.cast(tf.reshape(labels, [-1]), tf.int32)
+    return tf.one_hot(grade, features.NUM_GRADES)
+
+
 def ordinal_smoothing_loss(smoothing: float, uniform: float = 0.0):
     """Cross-entropy against targets that give `smoothing` of the mass to the grades next to
     the label (all of it to the one neighbour of grade 0 or 4), then spread `uniform` of
-    the result evenly over all grades (label smoothing). Labels are sparse, [N] or
-    [N, 1]."""
+    the result evenly over all grades (label smoothing).
+
+    Labels are grade indices ([N] or [N, 1]) or distributions over the grades (float
+    [N, 5], mixup's targets). Both smoothings are linear maps that keep the sum, so
+    smoothing a mixed target equals mixing the smoothed targets.
+    """
     def loss(labels, probabilities):
-        grade = tf.cast(tf.reshape(labels, [-1]), tf.int32)
-        # one_hot of -1 or NUM_GRADES is all zeros: the edge grades have one neighbour.
-        neighbours = (tf.one_hot(grade - 1, features.NUM_GRADES)
-                      + tf.one_hot(grade + 1, features.NUM_GRADES))
-        neighbours /= tf.reduce_sum(neighbours, axis=-1, keepdims=True)
-        target = (1.0 - smoothing) * tf.one_hot(grade, features.NUM_GRADES) + smoothing * neighbours
+        target = _target_distributions(labels)
+        target = (1.0 - smoothing) * target + smoothing * tf.matmul(target,
+                                                                    _neighbour_matrix())
         target = (1.0 - uniform) * target + uniform / features.NUM_GRADES
         return keras.losses.categorical_crossentropy(target, probabilities)
 
     loss.__name__ = "ordinal_smoothing_crossentropy"
     return loss
+
+
+def grade_accuracy(labels: tf.Tensor, probabilities: tf.Tensor) -> tf.Tensor:
+    """1.0 where the most probable grade is the label's, else 0.0; float32 [N].
+
+    Labels as in `ordinal_smoothing_loss`; for a mixup target the label's grade is the one
+    with the larger share.
+    """
+    predicted = tf.argmax(probabilities, axis=-1)
+    return tf.cast(tf.equal(predicted, tf.argmax(_target_distributions(labels), axis=-1)),
+                   tf.float32)
+
+
+def mixup_lambda(seed: tf.Tensor, alpha: float) -> tf.Tensor:
+    """One draw of lambda ~ Beta(alpha, alpha), float32 scalar in [0, 1].
+
+    Args:
+      seed: int32/int64 [2], the stateless random seed.
+      alpha: > 0.
+    """
+    # Beta(a, b) = G_a / (G_a + G_b) for independent Gamma(a), Gamma(b) draws.
+    draws = tf.random.stateless_gamma([2], seed=seed, alpha=alpha)
+    # Both draws can underflow to 0 for small alpha; lambda 0 is then a valid mix.
+    return tf.math.divide_no_nan(draws[0], draws[0] + draws[1])
+
+
+def mixup_batch(images: tf.Tensor, labels: tf.Tensor, seed: tf.Tensor, alpha: float,
+                weights: Optional[Dict[int, float]] = None):
+    """Mixup (Zhang et al. 2018) of one training batch with a shuffled copy of itself.
+
+    With one lambda ~ Beta(alpha, alpha) for the batch and a random partner j(i) for each
+    image: image_i <- lambda image_i + (1 - lambda) image_j, and the same for the one-hot
+    grades.
+
+    Args:
+      images: float [N, H, W, C].
+      labels: grade indices, [N] or [N, 1].
+      seed: int32/int64 [2], the stateless random seed of this batch.
+      alpha: the Beta parameter, > 0.
+      weights: per-grade loss weights (`class_weights`), or None.
+
+    Returns:
+      (mixed images, same shape and dtype; targets float32 [N, 5], rows summing to 1;
+      sample weights float32 [N], or None without `weights`). An example's weight is its
+      target's expected class weight, lambda w(y_i) + (1 - lambda) w(y_j): the class weight
+      of a pure example is unchanged, it moves smoothly with lambda (Keras's class_weight
+      would take the argmax grade's and jump at 0.5), and since partners are a permutation
+      of the batch the weights' mean stays that of the unmixed batch.
+    """
+    lambda_seed, shuffle_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    lam = mixup_lambda(lambda_seed, alpha)
+    partner = tf.random.experimental.stateless_shuffle(tf.range(tf.shape(images)[0]),
+                                                       seed=shuffle_seed)
+    targets = _target_distributions(labels)
+    targets = lam * targets + (1.0 - lam) * tf.gather(targets, partner)
+    mix = tf.cast(lam, images.dtype)
+    images = mix * images + (1.0 - mix) * tf.gather(images, partner)
+    if weights is None:
+        return images, targets, None
+    per_grade = tf.constant([weights[g] for g in range(features.NUM_GRADES)], tf.float32)
+    return images, targets, tf.linalg.matvec(targets, per_grade)
+
+
+def mixup_dataset(dataset: tf.data.Dataset, alpha: float, seed: int,
+                  weights: Optional[Dict[int, float]] = None) -> tf.data.Dataset:
+    """`mixup_batch` on every batch of a batched (features, labels) training dataset.
+
+    Only the image feature is mixed. Yields (features, targets [N, 5]) or, with
+    `weights`, (features, targets, sample weights [N]); the weights then replace Keras's
+    `class_weight`. Each pass over the data draws new lambdas and partners, reproducibly
+    from `seed`.
+    """
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    key = features.TRANSFORMED_IMAGE_KEY
+
+    def mix(batch, batch_seed):
+        inputs, labels = batch
+        images, targets, sample_weights = mixup_batch(inputs[key], labels, batch_seed, alpha,
+                                                      weights)
+        mixed = {**inputs, key: images}
+        return (mixed, targets) if sample_weights is None else (mixed, targets,
+                                                                sample_weights)
+
+    return tf.data.Dataset.zip((dataset, seeds)).map(mix).prefetch(tf.data.AUTOTUNE)
 
 
 def class_weights(counts: List[int], mode: str) -> Optional[Dict[int, float]]:
@@ -127,7 +233,11 @@ def finetune_schedule(config: ModelConfig, steps_per_epoch: int):
 
 def train(config: ModelConfig, train_ds: tf.data.Dataset, eval_ds: tf.data.Dataset,
           weights: Optional[Dict[int, float]], examples_per_epoch: int):
-    """Frozen-backbone head training, then fine-tuning. Returns (model, history, stats)."""
+    """Frozen-backbone head training, then fine-tuning. Returns (model, history, stats).
+
+    With `config.mixup_alpha` both phases fit on `mixup_dataset(train_ds)`; `eval_ds` and
+    the returned model's inference path are the same either way.
+    """
     autograph_rules.keep_autograph_out_of_tf_keras()
     keras.utils.set_random_seed(config.seed)
     model = build_model(config)
@@ -135,8 +245,21 @@ def train(config: ModelConfig, train_ds: tf.data.Dataset, eval_ds: tf.data.Datas
     history: Dict[str, List[float]] = {}
     stats = {"train_seconds": 0.0, "train_images": 0}
     loss = (ordinal_smoothing_loss(config.ordinal_smoothing, config.label_smoothing)
-            if config.ordinal_smoothing or config.label_smoothing
+            if config.ordinal_smoothing or config.label_smoothing or config.mixup_alpha
             else "sparse_categorical_crossentropy")
+    # Mixup changes the training batches only: validation, post_hoc.fit and export keep
+    # the plain datasets. Its targets are distributions, so the accuracy metric takes both
+    # kinds of label, and the class weights travel as per-example sample weights.
+    if config.mixup_alpha:
+        fit_ds = mixup_dataset(train_ds, config.mixup_alpha, config.seed, weights)
+        fit_weights = None
+        def accuracy():
+            return keras.metrics.MeanMetricWrapper(grade_accuracy, name="accuracy")
+    else:
+        fit_ds, fit_weights = train_ds, weights
+
+        def accuracy():
+            return keras.metrics.SparseCategoricalAccuracy(name="accuracy")
 
     def run_phase(phase, epochs, learning_rate, fine_tune=False):
         if epochs <= 0:
@@ -147,13 +270,12 @@ def train(config: ModelConfig, train_ds: tf.data.Dataset, eval_ds: tf.data.Datas
                                                **averaging)
         else:
             optimizer = keras.optimizers.Adam(learning_rate, **averaging)
-        model.compile(optimizer=optimizer, loss=loss,
-                      metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
+        model.compile(optimizer=optimizer, loss=loss, metrics=[accuracy()])
         timer = _ThroughputLogger(examples_per_epoch, phase)
         logger.info("%s: %d epochs, %d trainable weights", phase, epochs,
                     len(model.trainable_weights))
-        result = model.fit(train_ds, validation_data=eval_ds, epochs=epochs,
-                           class_weight=weights, callbacks=[timer], verbose=0)
+        result = model.fit(fit_ds, validation_data=eval_ds, epochs=epochs,
+                           class_weight=fit_weights, callbacks=[timer], verbose=0)
         for key, values in result.history.items():
             history.setdefault(key, []).extend(float(v) for v in values)
         stats["train_seconds"] += sum(timer.epoch_seconds)

@@ -39,6 +39,12 @@ def test_class_weights_refuse_a_missing_grade():
     ({"weight_decay": -1.0}, "weight_decay"),
     ({"finetune_epochs": 4, "warmup_epochs": 4}, "warmup_epochs"),
     ({"augment_zoom": -0.1}, "augmentation ranges"),
+    ({"augment_gamma": -0.2}, "augment_gamma"),
+    ({"augment_gamma": 3.0}, "augment_gamma"),
+    ({"augment_gamma": float("nan")}, "augment_gamma"),
+    ({"mixup_alpha": -0.2}, "mixup_alpha"),
+    ({"mixup_alpha": 8.0}, "mixup_alpha"),
+    ({"mixup_alpha": 0.2, "batch_size": 1}, "batch_size"),
 ])
 def test_invalid_model_config_is_named(values, message):
     with pytest.raises(ValueError, match=message):
