@@ -6,7 +6,6 @@ so validation, error codes and messages are identical on both, and worded as
 TensorFlow Serving words them.
 """
 
-import contextlib
 import dataclasses
 import logging
 import time
@@ -170,6 +169,38 @@ _EXAMPLE_METHODS = {
 }
 
 
+class _Observation:
+    """Context of one API request: counts it as in flight, then records its status
+    code and latency (a plain class: cheaper per request than a generator-based
+    context manager). Set :attr:`version` once the version is resolved."""
+
+    __slots__ = ("_metrics", "_labels", "_started", "version")
+
+    def __init__(self, metrics, model: str, signature_name: str, api: str, method: str):
+        self._metrics = metrics
+        self._labels = (model, signature_name, api, method)
+        self.version = ""
+
+    def __enter__(self):
+        self._started = time.perf_counter()
+        if self._metrics is not None:
+            self._metrics.request_started()
+        return self
+
+    def __exit__(self, exc_type, exc, traceback):
+        if self._metrics is not None:
+            if exc is None:
+                code = grpc.StatusCode.OK
+            elif isinstance(exc, status.ServingStatusError):
+                code = exc.code
+            else:  # a server bug: both transports answer it INTERNAL
+                code = grpc.StatusCode.INTERNAL
+            model, signature_name, api, method = self._labels
+            self._metrics.observe_request(model, self.version, signature_name, api, method, code.name,
+                                          time.perf_counter() - self._started)
+        return False
+
+
 class ApiHandler:
     """Implements Predict, Classify, Regress, MultiInference, GetModelMetadata and
     GetModelStatus.
@@ -187,32 +218,18 @@ class ApiHandler:
         self._metrics = metrics
         self._p = protos.load()
 
-    @contextlib.contextmanager
-    def _observed(self, spec, signature_name: str, api: str, method: str):
+    def _observed(self, spec, signature_name: str, api: str, method: str) -> "_Observation":
         """Counts and times one request in the metrics, by the status it ends with."""
-        started = time.perf_counter()
-        if self._metrics is not None:
-            self._metrics.request_started()
-        served = {"version": ""}
-        code = grpc.StatusCode.OK
-        try:
-            yield served
-        except status.ServingStatusError as e:
-            code = e.code
-            raise
-        finally:
-            if self._metrics is not None:
-                self._metrics.observe_request(spec.name, served["version"], signature_name, api,
-                                              method, code.name, time.perf_counter() - started)
+        return _Observation(self._metrics, spec.name, signature_name, api, method)
 
-    def _resolve(self, spec, signature_name, served, not_found: Exception):
-        """The servable `spec` names and its signature; raises `not_found` without one
+    def _resolve(self, spec, signature_name, served, not_found: Callable[[], Exception]):
+        """The servable `spec` names and its signature; raises `not_found()` without one
         (Predict and Classify word that error differently, as TF Serving does)."""
         servable = self._manager.resolve(spec)
-        served["version"] = str(servable.version)
+        served.version = servable.version
         signature = servable.signature_defs.get(signature_name)
         if signature is None:
-            raise not_found
+            raise not_found()
         return servable, signature
 
     # -- Predict -----------------------------------------------------------
@@ -227,9 +244,10 @@ class ApiHandler:
         spec = request.model_spec
         signature_name = spec.signature_name or DEFAULT_SIGNATURE
         with self._observed(spec, signature_name, api, "predict") as served:
-            servable, signature = self._resolve(spec, signature_name, served, status.ServingStatusError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"Serving signature key \"{signature_name}\" not found."))
+            servable, signature = self._resolve(
+                spec, signature_name, served, lambda: status.ServingStatusError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"Serving signature key \"{signature_name}\" not found."))
             if signature.method_name not in (servable_lib.PREDICT_METHOD, servable_lib.CLASSIFY_METHOD,
                                              servable_lib.REGRESS_METHOD):
                 raise status.ServingStatusError(
@@ -350,7 +368,7 @@ class ApiHandler:
         signature_name = spec.signature_name or DEFAULT_SIGNATURE
         with self._observed(spec, signature_name, api, kind.api_method) as served:
             servable = self._manager.resolve(spec)
-            served["version"] = str(servable.version)
+            served.version = servable.version
             signature = self._example_signature(servable, signature_name)
             aliases = kind.output_aliases(signature)
             examples = self._serialized_examples(request.input)
@@ -387,7 +405,7 @@ class ApiHandler:
         spec = request.tasks[0].model_spec if request.tasks else self._p.model_pb2.ModelSpec()
         with self._observed(spec, "", api, "multi_inference") as served:
             servable = self._manager.resolve(spec)
-            served["version"] = str(servable.version)
+            served.version = servable.version
             plan, input_tensor, seen = [], None, set()
             for task in request.tasks:
                 if not task.model_spec.name:

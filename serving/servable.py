@@ -244,6 +244,9 @@ class Servable:
         """A session callable feeding and fetching a signature's tensors, made once per
         (signature, inputs, outputs) combination."""
         key = (signature_name, input_aliases, output_aliases)
+        function = self._callables.get(key)  # made once; later requests need no lock
+        if function is not None:
+            return function
         with self._lock:
             function = self._callables.get(key)
             if function is None:
@@ -276,7 +279,6 @@ class Servable:
             status.ServingStatusError: unknown signature, or TensorFlow rejected
                 the inputs or failed (code and text taken from TensorFlow's error).
         """
-        tf = _tf()
         if not self._release.alive:
             raise status.ServingStatusError(
                 grpc.StatusCode.UNAVAILABLE,
@@ -290,7 +292,8 @@ class Servable:
         try:
             function = self._callable(signature_name, input_aliases, output_aliases)
             values = function(*[inputs[a] for a in input_aliases])
-        except tf.errors.OpError as e:
+        # TensorFlow's error class is looked up only when something was raised.
+        except _tf().errors.OpError as e:
             raise status.ServingStatusError(status.code_from_number(e.error_code), client_message(e)) from e
         except (ValueError, TypeError, KeyError) as e:
             raise status.invalid_argument(client_message(e)) from e

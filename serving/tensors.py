@@ -155,6 +155,8 @@ def to_ndarray(proto) -> np.ndarray:
         raw = np.asarray(list(values), dtype=np.uint16).view(np.float16)
     else:
         raw = np.asarray(list(values), dtype=np_dtype)
+    if len(raw) == count:  # the usual case: every value sent, nothing to repeat
+        return raw.reshape(shape)
     flat = np.zeros(count, dtype=np_dtype)
     if len(raw):
         flat[: len(raw)] = raw
