@@ -107,3 +107,11 @@ def channel(conformance):
     """A gRPC channel to the conformance server."""
     with grpc.insecure_channel(conformance.grpc_target) as ch:
         yield ch
+
+
+@pytest.fixture()
+def base(tmp_path):
+    """An empty base path for the linear model's versions."""
+    path = tmp_path / "linear"
+    path.mkdir()
+    return path

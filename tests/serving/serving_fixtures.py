@@ -2,6 +2,7 @@
 
 import io
 import os
+import shutil
 import sys
 
 import grpc
@@ -93,3 +94,18 @@ def write_linear_model(export_dir: str, slope: float, intercept: float):
 
     module = Linear()
     tf.saved_model.save(module, export_dir, signatures={"serving_default": module.serve})
+
+
+def publish_version(linear_models, base, version, source=None, damage=None) -> str:
+    """Copies a reference version of the linear model into base/<version>, optionally
+    damaging it first; returns the version directory.
+
+    The copy is made beside the base path and renamed in, so the damage is all
+    a poll can ever see.
+    """
+    staging = str(base) + f".staging-{version}"
+    shutil.copytree(linear_models[source or version], staging)
+    if damage is not None:
+        damage(staging)
+    os.rename(staging, os.path.join(base, str(version)))
+    return os.path.join(base, str(version))

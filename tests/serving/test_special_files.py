@@ -26,7 +26,7 @@ from serving.model_manager import AVAILABLE, END, ModelManager
 from serving.server_config import ServedModelConfig
 from serving.servable import (Servable, ServableLoadError, check_regular_files, read_signature_defs,
                               walk_version)
-from serving_fixtures import LINEAR_VERSIONS, start_server
+from serving_fixtures import LINEAR_VERSIONS, publish_version, start_server
 
 SHARED_TFSERVING = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "shared",
                                 "testdata", "tfserving")
@@ -154,30 +154,14 @@ def _right_file(linear_models, tmp_path, relative):
     return str(asset)
 
 
-def _publish_linear(linear_models, base, version, damage=None):
-    staging = str(base) + f".staging-{version}"
-    shutil.copytree(linear_models[version], staging)
-    if damage is not None:
-        damage(staging)
-    os.rename(staging, os.path.join(base, str(version)))
-    return os.path.join(base, str(version))
-
-
-@pytest.fixture()
-def base(tmp_path):
-    path = tmp_path / "linear"
-    path.mkdir()
-    return path
-
-
 @pytest.mark.parametrize("kind", sorted(LINEAR_CASES))
 def test_special_file_fails_the_version_without_hanging(kind, base, tmp_path, linear_models):
     relative, make, with_warmup = LINEAR_CASES[kind]
-    _publish_linear(linear_models, base, 1)
+    publish_version(linear_models, base, 1)
     manager = _manager("linear", base, with_warmup)
     assert manager.load_initial() == []
     special = os.path.join(base, "2", relative)
-    _publish_linear(linear_models, base, 2, damage=lambda d: make(os.path.join(d, relative)))
+    publish_version(linear_models, base, 2, damage=lambda d: make(os.path.join(d, relative)))
 
     _within_deadline(manager.poll_once, [special])
     _within_deadline(manager.poll_once, [special])  # an unchanged bad version is not retried
@@ -201,11 +185,11 @@ def test_symlink_to_a_special_file_is_refused(target, base, tmp_path, linear_mod
     if target == "fifo":
         target = str(tmp_path / "outside-fifo")
         os.mkfifo(target)
-    _publish_linear(linear_models, base, 1)
+    publish_version(linear_models, base, 1)
     manager = _manager("linear", base)
     manager.load_initial()
     index = os.path.join(base, "2", "variables", "variables.index")
-    _publish_linear(linear_models, base, 2, damage=lambda d: _symlink(
+    publish_version(linear_models, base, 2, damage=lambda d: _symlink(
         target, os.path.join(d, "variables", "variables.index")))
 
     _within_deadline(manager.poll_once, [target])
@@ -329,7 +313,7 @@ def _wait_for(condition, timeout=DEADLINE_SECONDS):
 def test_server_poller_survives_a_pipe_and_loads_the_repaired_version(tmp_path, linear_models):
     base = tmp_path / "linear"
     base.mkdir()
-    _publish_linear(linear_models, base, 1)
+    publish_version(linear_models, base, 1)
     process, target, _ = start_server(tmp_path, [
         "--model_name=linear", f"--model_base_path={base}", "--file_system_poll_wait_seconds=1",
         "--enable_model_warmup"])
@@ -343,7 +327,7 @@ def test_server_poller_survives_a_pipe_and_loads_the_repaired_version(tmp_path, 
             request.model_spec.name = "linear"
             request.inputs["x"].CopyFrom(p.tensor_pb2.TensorProto(
                 dtype=1, float_val=[4.0], tensor_shape={"dim": [{"size": 1}]}))
-            _publish_linear(linear_models, base, 2, damage=lambda d: _fifo(os.path.join(d, "saved_model.pb")))
+            publish_version(linear_models, base, 2, damage=lambda d: _fifo(os.path.join(d, "saved_model.pb")))
 
             _wait_for(lambda: _state_is(model_service, p, 2, END))
             failed = _status(model_service, p, 2)

@@ -23,7 +23,7 @@ from serving import protos
 from serving.model_manager import AVAILABLE, END, ModelManager
 from serving.server_config import ServedModelConfig
 from serving.servable import Servable
-from serving_fixtures import LINEAR_VERSIONS as VERSIONS, start_server
+from serving_fixtures import LINEAR_VERSIONS as VERSIONS, publish_version, start_server
 
 def _truncate(path: str):
     with open(path, "rb") as f:
@@ -80,19 +80,6 @@ DAMAGE = {
 }
 
 
-def _publish(linear_models, base, version, source=None, damage=None):
-    """Copies a reference version into base/<version>, optionally damaging it first.
-
-    The copy is made beside the base path and renamed in, so the damage is all
-    a poll can ever see.
-    """
-    staging = str(base) + f".staging-{version}"
-    shutil.copytree(linear_models[source or version], staging)
-    if damage is not None:
-        damage(staging)
-    os.rename(staging, os.path.join(base, str(version)))
-
-
 def _manager(base, poll_wait_seconds=0.0):
     config = ServedModelConfig("linear", str(base))
     return ModelManager([config], poll_wait_seconds=poll_wait_seconds, load_retry_interval=3600)
@@ -120,20 +107,13 @@ def _state(manager, version):
     return manager.version_states(_spec(version))[0]
 
 
-@pytest.fixture()
-def base(tmp_path):
-    path = tmp_path / "linear"
-    path.mkdir()
-    return path
-
-
 @pytest.mark.parametrize("kind", sorted(DAMAGE))
 def test_damaged_version_is_reported_and_the_served_version_keeps_serving(kind, base, linear_models):
-    _publish(linear_models, base, 1)
+    publish_version(linear_models, base, 1)
     manager = _manager(base)
     assert manager.load_initial() == []
 
-    _publish(linear_models, base, 2, damage=DAMAGE[kind])
+    publish_version(linear_models, base, 2, damage=DAMAGE[kind])
     manager.poll_once()
     manager.poll_once()
 
@@ -143,7 +123,7 @@ def test_damaged_version_is_reported_and_the_served_version_keeps_serving(kind, 
     assert failed.error_code != grpc.StatusCode.OK and failed.error_message
     assert _state(manager, 1).state == AVAILABLE
 
-    _publish(linear_models, base, 3)
+    publish_version(linear_models, base, 3)
     manager.poll_once()
 
     assert _answer(manager) == _expected(3)
@@ -152,10 +132,10 @@ def test_damaged_version_is_reported_and_the_served_version_keeps_serving(kind, 
 @pytest.mark.parametrize("kind", ["saved_model_and_data_truncated", "variables_data_truncated",
                                   "variables_index_missing", "saved_model_missing"])
 def test_damaged_version_is_retried_once_its_files_change(kind, base, linear_models):
-    _publish(linear_models, base, 1)
+    publish_version(linear_models, base, 1)
     manager = _manager(base)
     manager.load_initial()
-    _publish(linear_models, base, 2, damage=DAMAGE[kind])
+    publish_version(linear_models, base, 2, damage=DAMAGE[kind])
     manager.poll_once()
     assert _state(manager, 2).state == END
 
@@ -170,7 +150,7 @@ def test_damaged_version_is_retried_once_its_files_change(kind, base, linear_mod
 
 
 def test_version_copied_file_by_file_loads_once_complete(base, linear_models):
-    _publish(linear_models, base, 1)
+    publish_version(linear_models, base, 1)
     manager = _manager(base)
     manager.load_initial()
     source, target = linear_models[2], base / "2"
@@ -186,16 +166,16 @@ def test_version_copied_file_by_file_loads_once_complete(base, linear_models):
 
 
 def test_poller_thread_survives_damage_and_loads_later_versions(base, linear_models):
-    _publish(linear_models, base, 1)
+    publish_version(linear_models, base, 1)
     manager = _manager(base, poll_wait_seconds=0.05)
     manager.load_initial()
     manager.start_polling()
     try:
-        _publish(linear_models, base, 2, damage=DAMAGE["variables_data_truncated"])
+        publish_version(linear_models, base, 2, damage=DAMAGE["variables_data_truncated"])
         _wait_for(lambda: _states(manager).get(2) == END)
         assert _answer(manager) == _expected(1)
 
-        _publish(linear_models, base, 3)
+        publish_version(linear_models, base, 3)
         _wait_for(lambda: _states(manager).get(3) == AVAILABLE)
         assert _answer(manager) == _expected(3)
     finally:
@@ -203,7 +183,7 @@ def test_poller_thread_survives_damage_and_loads_later_versions(base, linear_mod
 
 
 def test_extra_files_and_odd_names_do_not_disturb_loading(base, linear_models):
-    _publish(linear_models, base, 1)
+    publish_version(linear_models, base, 1)
     with open(base / "1" / "README.txt", "w") as f:
         f.write("pushed by hand")
     with open(base / "1" / "variables" / "variables.data-00000-of-00001.partial", "wb") as f:
@@ -222,10 +202,10 @@ def test_extra_files_and_odd_names_do_not_disturb_loading(base, linear_models):
 def test_unreadable_version_is_reported(base, linear_models):
     if os.geteuid() == 0:
         pytest.skip("root reads files whatever their permissions")
-    _publish(linear_models, base, 1)
+    publish_version(linear_models, base, 1)
     manager = _manager(base)
     manager.load_initial()
-    _publish(linear_models, base, 2)
+    publish_version(linear_models, base, 2)
     for path in [base / "2" / "saved_model.pb", *_data_files(str(base / "2"))]:
         os.chmod(path, 0)
 
@@ -257,11 +237,11 @@ def _status_json(rest_url, name):
 def test_restart_with_good_and_damaged_versions_serves_the_good_one(tmp_path, linear_models):
     base = tmp_path / "linear"
     base.mkdir()
-    _publish(linear_models, base, 1)
-    _publish(linear_models, base, 2, damage=DAMAGE["saved_model_and_data_truncated"])
+    publish_version(linear_models, base, 1)
+    publish_version(linear_models, base, 2, damage=DAMAGE["saved_model_and_data_truncated"])
     broken = tmp_path / "broken"
     broken.mkdir()
-    _publish(linear_models, broken, 1, damage=DAMAGE["variables_data_truncated"])
+    publish_version(linear_models, broken, 1, damage=DAMAGE["variables_data_truncated"])
     config = tmp_path / "models.config"
     config.write_text(f"""model_config_list {{
       config {{ name: "linear" base_path: "{base}" model_platform: "tensorflow" }}
