@@ -6,9 +6,10 @@ import dataclasses
 import numpy as np
 import pytest
 import tensorflow as tf
+import tensorflow_transform as tft
 from scipy import stats
 
-from components import export, features, model, post_hoc, preprocessing, synthetic, train
+from components import export, features, model, post_hoc, train
 from components.model_config import ModelConfig
 
 WEIGHTS = {0: 0.5, 1: 1.0, 2: 1.5, 3: 2.0, 4: 3.0}
@@ -165,40 +166,11 @@ def test_defaults_train_exactly_as_a_plain_keras_fit():
                    for a, b in zip(mixed.get_weights(), reference.get_weights()))
 
 
-def _transform_output(out_dir, pngs, size):
-    """The project's Transform graph analysed on `pngs` (a real, tiny tf.Transform run)."""
-    import apache_beam as beam
-    import tensorflow_transform as tft
-    import tensorflow_transform.beam as tft_beam
-    from apache_beam.options.pipeline_options import PipelineOptions
-    from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
-
-    # One value per example, shaped [1] as in the pipeline's schema (pipeline/schema.pbtxt).
-    spec = {features.IMAGE_KEY: tf.io.FixedLenFeature([1], tf.string),
-            features.LABEL_KEY: tf.io.FixedLenFeature([1], tf.int64)}
-    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(spec))
-    rows = [{features.IMAGE_KEY: [png], features.LABEL_KEY: [g % 5]}
-            for g, png in enumerate(pngs)]
-
-    def preprocessing_fn(inputs):
-        return preprocessing.preprocessing_fn(inputs, {"image_size": size})
-
-    with beam.Pipeline(options=PipelineOptions([])) as pipeline:
-        with tft_beam.Context(temp_dir=str(out_dir / "tmp")):
-            raw = pipeline | beam.Create(rows)
-            transform_fn = (raw, metadata) | tft_beam.AnalyzeDataset(preprocessing_fn)
-            _ = transform_fn | tft_beam.WriteTransformFn(str(out_dir / "graph"))
-    metadata_io.write_metadata(
-        metadata, str(out_dir / "graph" / tft.TFTransformOutput.RAW_METADATA_DIR))
-    return tft.TFTransformOutput(str(out_dir / "graph"))
-
-
-@pytest.mark.slow  # a tiny tf.Transform run, one step of training, one export
-def test_mixup_and_gamma_leave_the_served_outputs_unchanged(tmp_path):
-    size = 32
-    synthetic.generate(tmp_path / "films", patients=4, size=128, seed=5)
-    pngs = [path.read_bytes() for path in sorted((tmp_path / "films").rglob("*.png"))]
-    tft_output = _transform_output(tmp_path, pngs, size)
+def test_mixup_and_gamma_leave_the_served_outputs_unchanged(tmp_path, pipeline_run):
+    # The session pipeline run's Transform graph: the real preprocessing, analysed once.
+    size = pipeline_run.params.model.image_size
+    tft_output = tft.TFTransformOutput(pipeline_run.record.outputs["Transform.transform_graph"])
+    pngs = [path.read_bytes() for path in sorted(pipeline_run.data_dir.rglob("*.png"))[:10]]
     transformed = tft_output.transform_features_layer()(
         {features.IMAGE_KEY: tf.reshape(tf.constant(pngs), [-1, 1])})
     labels = tf.constant([g % 5 for g in range(len(pngs))], tf.int64)
