@@ -1,0 +1,116 @@
+"""Benchmark: what a candidate model costs at serving time against a baseline model.
+
+Calls the `serving_default` signature of two exported models in this process on the same
+images (e.g. one without test-time augmentation and one with it, or two backbone widths),
+in alternating rounds so that a change of load hits both, and prints the candidate's p50
+latency at batch 1 and its throughput at batch 32 as ratios to the baseline's (medians over
+the rounds). The accuracy side of the trade is in each model's training record
+(assets.extra/training_history.json). Writes JSON.
+
+    python benchmarks/model_cost.py --baseline serving_model/koa/<v1> \
+        --candidate serving_model/koa/<v2> --images ../shared/data/kneeKL224/train/2
+"""
+
+import argparse
+import datetime
+import glob
+import logging
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from components import features  # noqa: E402
+
+features.select_keras_2()  # before TensorFlow is imported
+
+logger = logging.getLogger("model_cost")
+
+
+def _load(model_dir):
+    """The model's serving signature as a function of a list of encoded images."""
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(model_dir).signatures[features.SERVING_SIGNATURE]
+    return lambda images: serve(**{features.SERVING_INPUT: tf.constant(images)})
+
+
+def _measure(serve, images, repeats):
+    import numpy as np
+
+    latencies = []
+    for i in range(repeats):
+        start = time.perf_counter()
+        serve(images[i % len(images):][:1])
+        latencies.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    batches = max(1, repeats // 10)
+    for _ in range(batches):
+        serve(images[:32])
+    throughput = batches * 32 / (time.perf_counter() - start)
+    return {"p50_ms_batch1": float(np.percentile(latencies, 50) * 1e3),
+            "p99_ms_batch1": float(np.percentile(latencies, 99) * 1e3),
+            "images_per_second_batch32": throughput}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baseline", required=True, help="exported model the ratios are to")
+    parser.add_argument("--candidate", required=True, help="exported model to cost")
+    parser.add_argument("--images", required=True, help="folder of PNG/JPEG knee films")
+    parser.add_argument("--repeats", type=int, default=100, help="batch-1 calls per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", default=os.path.join("build", "benchmarks",
+                                                      "model_cost.json"))
+    args = parser.parse_args(argv)
+
+    from components import atomic_dir
+    from koa.cli import setup_logging
+    setup_logging()
+    files = sorted(glob.glob(os.path.join(args.images, "*.png"))
+                   + glob.glob(os.path.join(args.images, "*.jpg")))[:64]
+    if len(files) < 32:
+        raise SystemExit(f"need at least 32 images in {args.images}, found {len(files)}")
+    images = []
+    for path in files:
+        with open(path, "rb") as f:
+            images.append(f.read())
+
+    import numpy as np
+
+    models = {"baseline": _load(args.baseline), "candidate": _load(args.candidate)}
+    for serve in models.values():
+        serve(images[:1])
+        serve(images[:32])
+    rounds = {name: [] for name in models}
+    for i in range(args.rounds):
+        for name, serve in models.items():
+            rounds[name].append(_measure(serve, images, args.repeats))
+        logger.info("round %d/%d: batch-1 p50 %.1f ms (candidate) vs %.1f ms (baseline)",
+                    i + 1, args.rounds, rounds["candidate"][-1]["p50_ms_batch1"],
+                    rounds["baseline"][-1]["p50_ms_batch1"])
+    medians = {name: {key: float(np.median([r[key] for r in measured]))
+                      for key in measured[0]} for name, measured in rounds.items()}
+    baseline, candidate = medians["baseline"], medians["candidate"]
+    result = {
+        "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "baseline_model": os.path.abspath(args.baseline),
+        "candidate_model": os.path.abspath(args.candidate),
+        "rounds": rounds, "baseline": baseline, "candidate": candidate,
+        "latency_ratio_p50_batch1": candidate["p50_ms_batch1"] / baseline["p50_ms_batch1"],
+        "throughput_ratio_batch32": (candidate["images_per_second_batch32"]
+                                     / baseline["images_per_second_batch32"]),
+    }
+    logger.info("batch 1 p50: %.1f ms (candidate) vs %.1f ms (baseline), ratio %.2f",
+                candidate["p50_ms_batch1"], baseline["p50_ms_batch1"],
+                result["latency_ratio_p50_batch1"])
+    logger.info("batch 32: %.1f images/s (candidate) vs %.1f (baseline), ratio %.2f",
+                candidate["images_per_second_batch32"], baseline["images_per_second_batch32"],
+                result["throughput_ratio_batch32"])
+    atomic_dir.write_json(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
