@@ -259,13 +259,14 @@ class ApiHandler:
             aliases = self._output_aliases(signature, request.output_filter)
             outputs = self._run(servable, signature_name, inputs, aliases)
             response = self._p.predict_pb2.PredictResponse()
-            response.model_spec.name = spec.name
-            response.model_spec.version.value = servable.version
-            response.model_spec.signature_name = signature_name
-            response_outputs, signature_outputs = response.outputs, signature.outputs
+            response_spec = response.model_spec
+            response_spec.name = spec.name
+            response_spec.version.value = servable.version
+            response_spec.signature_name = signature_name
+            response_outputs, dtypes = response.outputs, servable.output_dtypes[signature_name]
             for alias in aliases:
-                tensors.fill_tensor_proto(response_outputs[alias], outputs[alias],
-                                          signature_outputs[alias].dtype, as_content=False)
+                tensors.fill_tensor_proto(response_outputs[alias], outputs[alias], dtypes[alias],
+                                          as_content=False)
             return response
 
     def _predict_inputs(self, signature, request) -> dict:
@@ -312,9 +313,8 @@ class ApiHandler:
         return seen
 
     def _run(self, servable, signature_name, inputs, aliases) -> dict:
-        batchable = inputs and all(a.ndim >= 1 for a in inputs.values()) and len(
-            {a.shape[0] for a in inputs.values()}) == 1
-        if self._batcher is not None and batchable:
+        if self._batcher is not None and inputs and all(a.ndim >= 1 for a in inputs.values()) and len(
+                {a.shape[0] for a in inputs.values()}) == 1:
             return self._batcher.run(servable, signature_name, inputs, aliases)
         return servable.run(signature_name, inputs, aliases)
 

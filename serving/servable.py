@@ -206,6 +206,9 @@ class Servable:
         version: version number.
         path: the version directory.
         signature_defs: SignatureDef protos by signature key.
+        output_dtypes: by signature key, each output alias's DataType enum value
+            (read once here: a protobuf map lookup per output and request costs
+            more than the dict).
     """
 
     def __init__(self, name: str, version: int, path: str):
@@ -220,6 +223,8 @@ class Servable:
         self.path = path
         check_regular_files(path)
         self.signature_defs = read_signature_defs(path)
+        self.output_dtypes = {key: {alias: info.dtype for alias, info in signature.outputs.items()}
+                              for key, signature in self.signature_defs.items()}
         tf = _tf()
         self._graph = tf.Graph()
         self._session = tf.compat.v1.Session(graph=self._graph)
@@ -297,7 +302,9 @@ class Servable:
             raise status.ServingStatusError(status.code_from_number(e.error_code), client_message(e)) from e
         except (ValueError, TypeError, KeyError) as e:
             raise status.invalid_argument(client_message(e)) from e
-        return {alias: np.asarray(value) for alias, value in zip(output_aliases, values)}
+        # The callable returns ndarrays; np.asarray only for anything else.
+        return {alias: value if type(value) is np.ndarray else np.asarray(value)  # pylint: disable=unidiomatic-typecheck
+                for alias, value in zip(output_aliases, values)}
 
     @property
     def closed(self) -> bool:

@@ -129,21 +129,26 @@ def to_ndarray(proto) -> np.ndarray:
     np_dtype = numpy_dtype(proto.dtype)
     if proto.tensor_shape.unknown_rank:
         raise TensorConversionError("tensor has unknown rank")
-    shape = tuple(dim.size for dim in proto.tensor_shape.dim)
-    if any(size < 0 for size in shape):
-        raise TensorConversionError(f"tensor shape {list(shape)} has a negative dimension")
+    shape = [dim.size for dim in proto.tensor_shape.dim]
+    if shape and min(shape) < 0:
+        raise TensorConversionError(f"tensor shape {shape} has a negative dimension")
     count = math.prod(shape)  # exact (Python ints); numpy's reduction costs more per request
     if proto.dtype != DT_STRING and proto.tensor_content:
         if len(proto.tensor_content) != count * np_dtype.itemsize:
             raise TensorConversionError(
-                f"tensor_content holds {len(proto.tensor_content)} bytes, shape {list(shape)} "
+                f"tensor_content holds {len(proto.tensor_content)} bytes, shape {shape} "
                 f"of {dtype_name(proto.dtype)} needs {count * np_dtype.itemsize}")
         return np.frombuffer(proto.tensor_content, dtype=np_dtype).reshape(shape).copy()
     values = getattr(proto, _VAL_FIELD_BY_DTYPE[proto.dtype])
     if len(values) > count:
         raise TensorConversionError(
-            f"tensor holds {len(values)} values, shape {list(shape)} has room for {count}")
+            f"tensor holds {len(values)} values, shape {shape} has room for {count}")
     if proto.dtype == DT_STRING:
+        if len(values) == count:
+            # The usual case. Each value is copied once, from the message into a
+            # Python bytes object (a request's image of tens of KB); filling a
+            # preallocated array would copy the last value again.
+            return np.array(list(values), dtype=object).reshape(shape)
         flat = np.empty(count, dtype=object)
         if values:
             flat[: len(values)] = list(values)
@@ -202,7 +207,7 @@ def fill_tensor_proto(proto, values, dtype: int = None, *, as_content: bool = Tr
     proto.dtype = dtype
     dims = proto.tensor_shape.dim
     for size in array.shape:
-        dims.add(size=size)
+        dims.add().size = size  # cheaper than add(size=...) with the C++ protobuf
     flat = array.reshape(-1)
     if dtype == DT_STRING:
         proto.string_val.extend([v if isinstance(v, bytes) else v.encode("utf-8") if isinstance(v, str)
