@@ -313,8 +313,10 @@ class ApiHandler:
         return seen
 
     def _run(self, servable, signature_name, inputs, aliases) -> dict:
-        if self._batcher is not None and inputs and all(a.ndim >= 1 for a in inputs.values()) and len(
-                {a.shape[0] for a in inputs.values()}) == 1:
+        # Only inputs that share one leading (batch) dimension can join a batch.
+        if (self._batcher is not None and inputs
+                and all(a.ndim >= 1 for a in inputs.values())
+                and len({a.shape[0] for a in inputs.values()}) == 1):
             return self._batcher.run(servable, signature_name, inputs, aliases)
         return servable.run(signature_name, inputs, aliases)
 
