@@ -24,12 +24,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.ordinal_decision import serve_films  # noqa: E402
 from components import features  # noqa: E402
 
 features.select_keras_2()  # before TensorFlow is imported
 
 logger = logging.getLogger("ensemble_gain")
-_BATCH = 32
 
 
 def offset_free_logits(model_dir: str, films: list):
@@ -50,16 +50,10 @@ def offset_free_logits(model_dir: str, films: list):
     except (OSError, KeyError, ValueError) as e:
         raise SystemExit(f"{model_dir}: no usable training record ({record}): {e}")
     serve = tf.saved_model.load(model_dir).signatures[features.SERVING_SIGNATURE]
-    probabilities = []
-    for start in range(0, len(films), _BATCH):
-        batch = []
-        for path, _ in films[start:start + _BATCH]:
-            with open(path, "rb") as f:
-                batch.append(f.read())
-        out = serve(**{features.SERVING_INPUT: tf.constant(batch)})
-        probabilities.append(out[features.PROBABILITIES_OUTPUT].numpy())
+    probabilities = serve_films(serve, [path for path, _ in films])[
+        features.PROBABILITIES_OUTPUT]
     # float32 probabilities can underflow to 0 for a very unlikely grade.
-    logits = (temperature * np.log(np.clip(np.concatenate(probabilities), 1e-30, None))
+    logits = (temperature * np.log(np.clip(probabilities, 1e-30, None))
               - offsets)
     return logits - logits.mean(axis=1, keepdims=True)
 
@@ -105,9 +99,8 @@ def main(argv=None) -> int:
         s["accuracy_ratio_to_best_single"] = s["accuracy"] / best["accuracy"]
         s["qwk_ratio_to_best_single"] = s["qwk"] / best["qwk"]
         s["mae_ratio_to_best_single"] = s["mae"] / best["mae"]
-        logger.info("%-60s accuracy %.3f (x%.3f)  QWK %.3f (x%.3f)  MAE %.3f (x%.3f)  "
-                    "recall %s", " + ".join(os.path.basename(os.path.dirname(m)) or m
-                                            for m in s["members"]),
+        logger.info("%s: accuracy %.3f (x%.3f)  QWK %.3f (x%.3f)  MAE %.3f (x%.3f)  "
+                    "recall %s", " + ".join(s["members"]),
                     s["accuracy"], s["accuracy_ratio_to_best_single"], s["qwk"],
                     s["qwk_ratio_to_best_single"], s["mae"], s["mae_ratio_to_best_single"],
                     "/".join(f"{r:.2f}" for r in s["recall"]))

@@ -37,6 +37,27 @@ def _labelled_films(root: str) -> list:
     return films
 
 
+def serve_films(serve, paths: list) -> dict:
+    """Runs a serving signature (image bytes -> outputs) over image files, _BATCH at a time.
+
+    Returns:
+      {output name: numpy array [len(paths), ...]}, the batches concatenated in order.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    batches = []
+    for start in range(0, len(paths), _BATCH):
+        images = []
+        for path in paths[start:start + _BATCH]:
+            with open(path, "rb") as f:
+                images.append(f.read())
+        out = serve(**{features.SERVING_INPUT: tf.constant(images)})
+        batches.append({name: value.numpy() for name, value in out.items()})
+        logger.info("%d/%d films", min(start + _BATCH, len(paths)), len(paths))
+    return {name: np.concatenate([b[name] for b in batches]) for name in batches[0]}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="a pushed SavedModel version folder")
@@ -54,18 +75,9 @@ def main(argv=None) -> int:
 
     serve = tf.saved_model.load(args.model).signatures[features.SERVING_SIGNATURE]
     films = _labelled_films(args.images)
-    probabilities, served = [], []
-    for start in range(0, len(films), _BATCH):
-        batch = []
-        for path, _ in films[start:start + _BATCH]:
-            with open(path, "rb") as f:
-                batch.append(f.read())
-        out = serve(**{features.SERVING_INPUT: tf.constant(batch)})
-        probabilities.append(out[features.PROBABILITIES_OUTPUT].numpy())
-        served.append(out[features.GRADE_OUTPUT].numpy())
-        logger.info("%d/%d films", min(start + _BATCH, len(films)), len(films))
-    probabilities = np.concatenate(probabilities)
-    served = np.concatenate(served)
+    outputs = serve_films(serve, [path for path, _ in films])
+    probabilities = outputs[features.PROBABILITIES_OUTPUT]
+    served = outputs[features.GRADE_OUTPUT]
     labels = np.array([grade for _, grade in films])
     k = features.NUM_GRADES
 
