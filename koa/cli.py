@@ -74,7 +74,7 @@ def _cmd_run(args) -> int:
     if args.workers:
         params = dataclasses.replace(params, run=dataclasses.replace(
             params.run, beam_workers=args.workers))
-    record = local_runner.run(params, args.project_dir, tune=args.tune)
+    record = local_runner.run(params, args.project_dir, tune=args.tune or params.run.tune)
     return 0 if record.pushed or not args.require_push else 3
 
 
@@ -175,8 +175,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--project-dir", default=".")
     p.add_argument("--workers", type=int, help="Beam DirectRunner workers (default: params)")
     p.add_argument("--tune", action="store_true",
-                   help="search hyper-parameters with TFX's Tuner before training "
-                        "(params model.tuner_trials / tuner_epochs; docs/model.md)")
+                   help="search hyper-parameters with TFX's Tuner before training, as params "
+                        "run.tune does (model.tuner_trials / tuner_epochs; docs/model.md)")
     p.add_argument("--require-push", action="store_true",
                    help="exit with status 3 when the model is not blessed and pushed")
     p.set_defaults(func=_cmd_run)

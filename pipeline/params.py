@@ -43,6 +43,9 @@ class RunParams:
     """How the local run executes."""
 
     beam_workers: int = 1  # DirectRunner workers; >1 runs Beam in several processes
+    # Search hyper-parameters with TFX's Tuner before the Trainer (`koa run --tune` does the
+    # same): a params setting, so a tuned run can be a DVC experiment (`-S run.tune=true`).
+    tune: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +95,8 @@ def parse(raw: dict) -> Params:
                           f"[0, 1], got {bounds}")
     if params.run.beam_workers < 1:
         raise ParamsError(f"run.beam_workers must be >= 1, got {params.run.beam_workers}")
+    if not isinstance(params.run.tune, bool):
+        raise ParamsError(f"run.tune must be true or false, got {params.run.tune!r}")
     return params
 
 

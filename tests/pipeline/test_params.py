@@ -19,6 +19,7 @@ def test_the_repository_params_file_is_valid():
     ({"data": {"eval_fraction": 1.0}}, "eval_fraction"),
     ({"data": {"path": "x"}}, "unknown setting"),
     ({"run": {"beam_workers": 0}}, "beam_workers"),
+    ({"run": {"tune": "yes please"}}, "run.tune"),
     ({"training": {}}, "unknown params section"),
     ({"data": ["not", "a", "mapping"]}, "must be a mapping"),
 ])

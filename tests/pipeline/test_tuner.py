@@ -72,13 +72,13 @@ def test_search_records_trials_and_its_best_values_configure_the_trainer(tmp_pat
     trials = [t for t in tuner.oracle.trials.values() if t.score is not None]
     assert len(trials) == 2
     best = tuner.get_best_hyperparameters()[0]
-    assert best.values["ordinal_smoothing"] in (0.0, 0.1, 0.2)
-    assert 1e-4 <= best.values["finetune_lr"] <= 3e-3
+    assert best.values["label_smoothing"] in (0.0, 0.1, 0.2)
+    assert best.values["weight_decay"] in (0.0, 0.02, 0.05)
+    assert 3e-4 <= best.values["finetune_lr"] <= 3e-3
 
     # What the TFX Tuner writes is what run_fn reads back and applies.
     values = train.hyperparameter_values(best.get_config())
     tuned = base.with_overrides(values)
-    assert (tuned.ordinal_smoothing, tuned.finetune_lr, tuned.dropout,
-            tuned.class_weighting) == (values["ordinal_smoothing"],
-                                       pytest.approx(values["finetune_lr"]),
-                                       values["dropout"], values["class_weighting"])
+    assert (tuned.label_smoothing, tuned.weight_decay, tuned.finetune_lr,
+            tuned.dropout) == (values["label_smoothing"], values["weight_decay"],
+                               pytest.approx(values["finetune_lr"]), values["dropout"])
