@@ -81,6 +81,9 @@ class ServerOptions:
                                                  "int64")
     tensorflow_inter_op_parallelism: int = _flag(0, "Ops run at the same time; 0 lets TensorFlow choose.",
                                                  "int64")
+    tensorflow_session_config_file: str = _flag(
+        "", "TensorFlow ConfigProto text proto for every model's Session; the "
+            "--tensorflow_*_parallelism flags override its thread counts.")
     version: bool = _flag(False, "Print the server's and TensorFlow's versions and exit.")
     bind_address: str = _flag("0.0.0.0", "(koa extension) Address the gRPC and HTTP/REST ports listen on; "
                                          "127.0.0.1 keeps them local.")
@@ -100,7 +103,6 @@ _NOT_IMPLEMENTED = {
     "num_load_threads": ("int32", "0"),
     "num_unload_threads": ("int32", "0"),
     "flush_filesystem_caches": ("bool", None),
-    "tensorflow_session_config_file": ("string", ""),
     "use_alts_credentials": ("bool", "false"),
     "ssl_config_file": ("string", ""),
     "platform_config_file": ("string", ""),

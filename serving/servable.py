@@ -211,8 +211,12 @@ class Servable:
             more than the dict).
     """
 
-    def __init__(self, name: str, version: int, path: str):
+    def __init__(self, name: str, version: int, path: str, session_config=None):
         """Loads the SavedModel in ``path`` into a session of its own.
+
+        ``session_config`` is the Session's ``tensorflow.ConfigProto`` (thread pools,
+        thread spinning; ``--tensorflow_session_config_file``); None takes TensorFlow's
+        defaults.
 
         Raises:
             ServableLoadError: the directory does not hold a loadable SavedModel,
@@ -227,7 +231,7 @@ class Servable:
                               for key, signature in self.signature_defs.items()}
         tf = _tf()
         self._graph = tf.Graph()
-        self._session = tf.compat.v1.Session(graph=self._graph)
+        self._session = tf.compat.v1.Session(graph=self._graph, config=session_config)
         try:
             with self._graph.as_default():
                 tf.compat.v1.saved_model.loader.load(self._session, [SERVE_TAG], path)

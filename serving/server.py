@@ -18,6 +18,7 @@ from serving.metrics import ServerMetrics
 from serving.model_manager import ModelManager
 from serving.prediction import ApiHandler
 from serving.rest import RestApi, RestServer
+from serving.servable import Servable
 
 _LOG = logging.getLogger(__name__)
 
@@ -67,18 +68,15 @@ class _TimedHandler:
         self._pool.shutdown(wait=True)
 
 
-def _configure_tensorflow(options: flags_lib.ServerOptions):
-    """Applies the TensorFlow thread-pool flags (before any model loads)."""
+def _session_config(options: flags_lib.ServerOptions):
+    """The ConfigProto for every model's Session (None: TensorFlow's defaults).
+
+    Raises:
+        config_lib.ServerConfigError: --tensorflow_session_config_file is unreadable or invalid.
+    """
     intra = options.tensorflow_intra_op_parallelism or options.tensorflow_session_parallelism
     inter = options.tensorflow_inter_op_parallelism or options.tensorflow_session_parallelism
-    if not intra and not inter:
-        return
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-
-    if intra:
-        tf.config.threading.set_intra_op_parallelism_threads(intra)
-    if inter:
-        tf.config.threading.set_inter_op_parallelism_threads(inter)
+    return config_lib.read_session_config(options.tensorflow_session_config_file, intra, inter)
 
 
 class ModelServer:
@@ -100,9 +98,9 @@ class ModelServer:
             batching = (config_lib.read_batching_parameters(options.batching_parameters_file)
                         if options.enable_batching else None)
             channel_args = flags_lib.parse_channel_arguments(options.grpc_channel_arguments)
+            session_config = _session_config(options)
         except (config_lib.ServerConfigError, flags_lib.FlagError) as e:
             raise StartupError(str(e)) from e
-        _configure_tensorflow(options)
         self.metrics = ServerMetrics()
         run_warmup = (functools.partial(warmup.run_warmup,
                                         num_request_iterations=options.num_request_iterations_for_warmup)
@@ -112,7 +110,8 @@ class ModelServer:
             max_num_load_retries=options.max_num_load_retries,
             load_retry_interval=options.load_retry_interval_micros / 1e6,
             allow_unavailable_labels=options.allow_version_labels_for_unavailable_models,
-            on_change=self.metrics.set_loaded_versions, warmup=run_warmup)
+            on_change=self.metrics.set_loaded_versions, warmup=run_warmup,
+            servable_factory=functools.partial(Servable, session_config=session_config))
         self.batcher = BatchScheduler(batching, self.metrics) if batching else None
         self.handler = ApiHandler(self.manager, self.batcher, self.metrics)
         self._channel_args = channel_args

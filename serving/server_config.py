@@ -6,6 +6,7 @@ and ``--monitoring_config_file`` use TensorFlow Serving's ``BatchingParameters``
 and ``MonitoringConfig`` messages, whose generated modules are not published
 on PyPI; they are declared here with the same field names (text format only
 depends on names), so the same files work with both servers.
+``--tensorflow_session_config_file`` is TensorFlow's own ``ConfigProto``.
 """
 
 import logging
@@ -293,6 +294,46 @@ def read_batching_parameters(path: Optional[str]) -> BatchingConfig:
     if sizes and (list(sizes) != sorted(set(sizes)) or sizes[-1] != result.max_batch_size):
         raise ServerConfigError(f"'{path}': allowed_batch_sizes must increase and end with max_batch_size")
     return result
+
+
+def read_session_config(path: Optional[str], intra_op_threads: int = 0, inter_op_threads: int = 0):
+    """The ``tensorflow.ConfigProto`` every model version's Session is created with.
+
+    Args:
+        path: ``--tensorflow_session_config_file``, a ConfigProto text proto (for instance
+            ``experimental { disable_thread_spinning: true }``); None or "" for none.
+        intra_op_threads, inter_op_threads: the ``--tensorflow_*_parallelism`` flags; a
+            value above 0 overrides the file's thread count, as TensorFlow Serving's flag
+            help says ("parts of the session config ... can be overridden ... via
+            corresponding command line flags").
+
+    Returns:
+        the ConfigProto (``allow_soft_placement`` on, as TensorFlow 2 gives a Session
+        created without one, unless the file says otherwise), or None when neither a file
+        nor a thread count is given (the Session then takes TensorFlow's defaults).
+
+    Raises:
+        ServerConfigError: unreadable file or bad syntax (named with the file).
+    """
+    if not path and not intra_op_threads and not inter_op_threads:
+        return None
+    # Imported here, as the model loader does: the tensorflow package is heavy. (Its
+    # config_pb2 imported on its own, after serving.protos.load(), clashes with the
+    # descriptors that package's initialiser registers.)
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+
+    # What TensorFlow 2 gives a Session created without a config; the file can change it.
+    config = tf.compat.v1.ConfigProto(allow_soft_placement=True)
+    if path:
+        try:
+            text_format.Merge(_read(path, "TensorFlow session config file"), config)
+        except text_format.ParseError as e:
+            raise ServerConfigError(f"Invalid protobuf file: '{path}': {e}") from e
+    if intra_op_threads:
+        config.intra_op_parallelism_threads = intra_op_threads
+    if inter_op_threads:
+        config.inter_op_parallelism_threads = inter_op_threads
+    return config
 
 
 def read_monitoring_config(path: Optional[str]) -> MonitoringConfig:

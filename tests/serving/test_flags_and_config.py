@@ -1,5 +1,6 @@
 """Flag parsing (tensorflow_model_server's rules) and the text-proto config files."""
 
+import numpy as np
 import pytest
 
 from serving import flags
@@ -178,3 +179,35 @@ def test_batching_and_monitoring_files(tmp_path):
     monitoring.write_text("prometheus_config { enable: true }")
     assert config.read_monitoring_config(str(monitoring)) == config.MonitoringConfig(
         True, "/monitoring/prometheus/metrics")
+
+
+def test_session_config_file_with_thread_flags_over_it(tmp_path):
+    assert config.read_session_config("") is None  # TensorFlow's defaults
+    session = tmp_path / "session.config"
+    session.write_text("intra_op_parallelism_threads: 3\ninter_op_parallelism_threads: 4\n"
+                       "experimental { disable_thread_spinning: true }\n")
+    from_file = config.read_session_config(str(session))
+    assert (from_file.intra_op_parallelism_threads, from_file.inter_op_parallelism_threads,
+            from_file.experimental.disable_thread_spinning) == (3, 4, True)
+    assert from_file.allow_soft_placement  # as a Session without a config has it
+    overridden = config.read_session_config(str(session), intra_op_threads=1)
+    assert (overridden.intra_op_parallelism_threads, overridden.inter_op_parallelism_threads,
+            overridden.experimental.disable_thread_spinning) == (1, 4, True)
+    flags_only = config.read_session_config("", 2, 2)
+    assert (flags_only.intra_op_parallelism_threads, flags_only.inter_op_parallelism_threads) == (2, 2)
+
+    session.write_text("intra_op_threads: 3")
+    with pytest.raises(config.ServerConfigError, match=f"Invalid protobuf file: '{session}'"):
+        config.read_session_config(str(session))
+    with pytest.raises(config.ServerConfigError, match="cannot read TensorFlow session config file"):
+        config.read_session_config(str(tmp_path / "absent.config"))
+
+
+def test_a_servable_runs_in_a_session_with_the_given_config(linear_models):
+    from serving.servable import Servable
+
+    session_config = config.read_session_config("", intra_op_threads=1, inter_op_threads=1)
+    servable = Servable("linear", 1, linear_models[1], session_config=session_config)
+    assert servable._session._config == session_config  # pylint: disable=protected-access
+    answer = servable.run("serving_default", {"x": np.array([2.0], np.float32)}, ("y",))
+    np.testing.assert_allclose(answer["y"], [3.0])  # version 1: y = 0.5 x + 2

@@ -186,6 +186,19 @@ def test_bad_command_line_is_an_error(args, message):
     assert "--model_config_file" in result.stderr  # the usage text follows
 
 
+def test_invalid_session_config_file_fails_start_up(tmp_path):
+    session = tmp_path / "session.config"
+    session.write_text("intra_op_threads: 2")
+    result = subprocess.run(
+        [sys.executable, "-m", "serving", "--port=0", f"--grpc_socket_path={tmp_path / 'grpc.sock'}",
+         f"--model_base_path={tmp_path / 'koa'}", f"--tensorflow_session_config_file={session}"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert result.returncode == 1
+    assert f"Invalid protobuf file: '{session}'" in result.stderr
+    assert "intra_op_threads" in result.stderr
+
+
 def test_unloadable_model_fails_start_up(tmp_path):
     (tmp_path / "koa" / "1").mkdir(parents=True)
     (tmp_path / "koa" / "1" / "saved_model.pb").write_bytes(b"junk")
