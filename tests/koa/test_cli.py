@@ -79,3 +79,25 @@ def test_serve_and_web_are_subcommands_that_own_their_flags(tmp_path):
     unknown = _koa("report", "--no-such-flag", cwd=tmp_path)
     assert unknown.returncode == 2
     assert "unrecognized arguments: --no-such-flag" in unknown.stderr
+
+
+def test_run_tune_in_params_puts_the_tuner_in_the_run(tmp_path, monkeypatch):
+    from koa import cli
+    from pipeline import local_runner
+
+    calls = []
+
+    class _Record:
+        pushed = True
+
+    def run(params, project_dir, tune=False):
+        calls.append(tune)
+        return _Record()
+
+    monkeypatch.setattr(local_runner, "run", run)
+    for tune in ("false", "true"):
+        params = tmp_path / f"params_{tune}.yaml"
+        params.write_text((REPO / "params.yaml").read_text().replace("tune: false", f"tune: {tune}"))
+        assert cli.main(["run", "--params", str(params)]) == 0
+    assert cli.main(["run", "--tune", "--params", str(tmp_path / "params_false.yaml")]) == 0
+    assert calls == [False, True, True]
