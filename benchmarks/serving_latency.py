@@ -5,10 +5,9 @@ Same model, same machine, same run:
 * in-process inference of the SavedModel two ways: TF2 ``tf.saved_model.load``
   (a ``ConcreteFunction`` call) and the server's own path, TF's TF1 loader into a
   ``Session`` (:class:`serving.servable.Servable`): batch-1 latency and
-  batch-32 throughput with CPU time per image; when the servers are given a
-  ``--tensorflow_session_config_file`` (through ``--server-arg``), the Session
-  path once more with that config, so that what the config does to TensorFlow
-  itself is not counted as the server's;
+  batch-32 throughput with CPU time per image, with TensorFlow's default
+  session config (its thread pools are built once per process, so a servers'
+  ``--tensorflow_session_config_file`` cannot be mirrored in this process);
 * p50/p99 latency of gRPC Predict and REST predict at batch 1 (one client,
   sequential requests) against in-process batch 1 (goal: gRPC p50 <= 1.10 x);
 * the server's fixed cost per request, apart from any model: gRPC Predict p50
@@ -418,42 +417,26 @@ def _measure_in_process(call, image_batch_1, image_batch, n, warmup, seconds):
             "cpu_ms_per_image": 1000.0 * cpu / count}
 
 
-def _session_config_file(server_args) -> str:
-    """The servers' --tensorflow_session_config_file, or ""."""
-    prefix = "--tensorflow_session_config_file="
-    return next((arg[len(prefix):] for arg in server_args if arg.startswith(prefix)), "")
-
-
-def _in_process_calls(model_dir, image, session_config_file=""):
-    """{path: call(images) -> outputs} for the ways to run the SavedModel in-process:
-    TF2 ``tf.saved_model.load`` and the server's TF1 loader into a Session with TensorFlow's
-    default config, and, when the servers get a session config file, with that config too
-    (so that a config that speeds TensorFlow up is not counted as the server's gain)."""
+def _in_process_calls(model_dir, image):
+    """{path: call(images) -> outputs} for the two ways to run the SavedModel in-process:
+    TF2 ``tf.saved_model.load`` and the server's TF1 loader into a Session."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    from serving import server_config  # pylint: disable=import-outside-toplevel
     from serving.servable import Servable  # pylint: disable=import-outside-toplevel
 
     function = tf.saved_model.load(model_dir).signatures[features.SERVING_SIGNATURE]
     outputs = sorted(function.structured_outputs)
+    servable = Servable("koa", 0, model_dir)
 
     def tf2_call(images):
         result = function(**{features.SERVING_INPUT: tf.constant(images)})
         return {name: result[name].numpy() for name in outputs}
 
-    def session_call(servable):
-        def call(images):
-            return servable.run(features.SERVING_SIGNATURE, {features.SERVING_INPUT: images}, outputs)
-        return call
+    def session_call(images):
+        return servable.run(features.SERVING_SIGNATURE, {features.SERVING_INPUT: images}, outputs)
 
-    calls = {"tf2_saved_model_load": tf2_call,
-             "tf1_session_loader": session_call(Servable("koa", 0, model_dir))}
-    if session_config_file:
-        config = server_config.read_session_config(session_config_file)
-        calls["tf1_session_loader_server_config"] = session_call(
-            Servable("koa", 0, model_dir, session_config=config))
-    for call in calls.values():  # first runs optimise the graphs
+    for call in (tf2_call, session_call):  # first runs optimise the graphs
         call(np.array([image] * IN_PROCESS_BATCH, dtype=object))
-    return calls
+    return {"tf2_saved_model_load": tf2_call, "tf1_session_loader": session_call}
 
 
 # -- Where the server's CPU time goes (--profile) --------------------------------
@@ -676,8 +659,7 @@ def main(argv=None) -> int:
             servers[label] = _Server(base_path, extra + args.server_arg,
                                      os.path.join(workdir, f"server-{label}.log"))
             results[f"server_{label}_argv"] = servers[label].argv[1:]
-        calls = _in_process_calls(os.path.join(base_path, str(version)), image,
-                                  _session_config_file(args.server_arg))
+        calls = _in_process_calls(os.path.join(base_path, str(version)), image)
         for server in servers.values():
             server.wait_ready()
         if half_plus_two is not None:

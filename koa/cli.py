@@ -74,7 +74,9 @@ def _cmd_run(args) -> int:
     if args.workers:
         params = dataclasses.replace(params, run=dataclasses.replace(
             params.run, beam_workers=args.workers))
-    record = local_runner.run(params, args.project_dir, tune=args.tune or params.run.tune)
+    if args.tune:
+        params = dataclasses.replace(params, run=dataclasses.replace(params.run, tune=True))
+    record = local_runner.run(params, args.project_dir)
     return 0 if record.pushed or not args.require_push else 3
 
 

@@ -26,13 +26,13 @@ def beam_args(workers: int) -> List[str]:
     return [f"--direct_running_mode={mode}", f"--direct_num_workers={workers}"]
 
 
-def run(params: Params, project_dir: str = ".", tune: bool = False) -> RunRecord:
+def run(params: Params, project_dir: str = ".") -> RunRecord:
     """Runs the whole pipeline on the ingested data and returns what it produced.
 
     Args:
-      params: settings from params.yaml.
+      params: settings from params.yaml; `run.tune` puts a Tuner ahead of the Trainer
+        (model.tuner_* params).
       project_dir: the project root; all default locations are relative to it.
-      tune: run the pipeline with a Tuner ahead of the Trainer (model.tuner_* params).
 
     Returns:
       The run's record (also written to configs.RUN_RECORD).
@@ -47,7 +47,7 @@ def run(params: Params, project_dir: str = ".", tune: bool = False) -> RunRecord
     metadata_path = path(configs.METADATA_PATH)
     os.makedirs(os.path.dirname(metadata_path), exist_ok=True)
 
-    factory = create_pipeline_with_tuner if tune else create_pipeline
+    factory = create_pipeline_with_tuner if params.run.tune else create_pipeline
     pipeline = factory(
         pipeline_name=configs.PIPELINE_NAME,
         pipeline_root=path(configs.PIPELINE_ROOT),

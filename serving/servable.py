@@ -214,9 +214,12 @@ class Servable:
     def __init__(self, name: str, version: int, path: str, session_config=None):
         """Loads the SavedModel in ``path`` into a session of its own.
 
-        ``session_config`` is the Session's ``tensorflow.ConfigProto`` (thread pools,
-        thread spinning; ``--tensorflow_session_config_file``); None takes TensorFlow's
-        defaults.
+        ``session_config`` is the Session's ``tensorflow.ConfigProto``
+        (``--tensorflow_session_config_file``); None takes TensorFlow's defaults. Its
+        thread-pool settings (thread counts, spinning) take effect only if this is the
+        first Session or TensorFlow device of the process: TensorFlow builds its CPU
+        pools once per process (``ConfigProto`` documentation), as in TF Serving, where
+        every model gets the same config.
 
         Raises:
             ServableLoadError: the directory does not hold a loadable SavedModel,

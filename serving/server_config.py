@@ -325,10 +325,9 @@ def read_session_config(path: Optional[str], intra_op_threads: int = 0, inter_op
     # What TensorFlow 2 gives a Session created without a config; the file can change it.
     config = tf.compat.v1.ConfigProto(allow_soft_placement=True)
     if path:
-        try:
-            text_format.Merge(_read(path, "TensorFlow session config file"), config)
-        except text_format.ParseError as e:
-            raise ServerConfigError(f"Invalid protobuf file: '{path}': {e}") from e
+        # text_format.Parse keeps fields already set (allow_soft_placement) unless the file
+        # sets them, and rejects a field given twice, as upstream's parser does.
+        _parse_text(_read(path, "TensorFlow session config file"), config, path)
     if intra_op_threads:
         config.intra_op_parallelism_threads = intra_op_threads
     if inter_op_threads:

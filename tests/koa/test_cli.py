@@ -90,8 +90,8 @@ def test_run_tune_in_params_puts_the_tuner_in_the_run(tmp_path, monkeypatch):
     class _Record:
         pushed = True
 
-    def run(params, project_dir, tune=False):
-        calls.append(tune)
+    def run(params, project_dir):
+        calls.append(params.run.tune)
         return _Record()
 
     monkeypatch.setattr(local_runner, "run", run)

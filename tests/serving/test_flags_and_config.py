@@ -196,6 +196,9 @@ def test_session_config_file_with_thread_flags_over_it(tmp_path):
     flags_only = config.read_session_config("", 2, 2)
     assert (flags_only.intra_op_parallelism_threads, flags_only.inter_op_parallelism_threads) == (2, 2)
 
+    session.write_text("intra_op_parallelism_threads: 3\nintra_op_parallelism_threads: 4\n")
+    with pytest.raises(config.ServerConfigError, match="intra_op_parallelism_threads"):
+        config.read_session_config(str(session))  # a field given twice, as upstream rejects it
     session.write_text("intra_op_threads: 3")
     with pytest.raises(config.ServerConfigError, match=f"Invalid protobuf file: '{session}'"):
         config.read_session_config(str(session))
@@ -208,6 +211,8 @@ def test_a_servable_runs_in_a_session_with_the_given_config(linear_models):
 
     session_config = config.read_session_config("", intra_op_threads=1, inter_op_threads=1)
     servable = Servable("linear", 1, linear_models[1], session_config=session_config)
+    # The Session is created with the config (its thread pools, though, are the process's:
+    # the first Session or device of a process builds them).
     assert servable._session._config == session_config  # pylint: disable=protected-access
     answer = servable.run("serving_default", {"x": np.array([2.0], np.float32)}, ("y",))
     np.testing.assert_allclose(answer["y"], [3.0])  # version 1: y = 0.5 x + 2
