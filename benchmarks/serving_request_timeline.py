@@ -13,8 +13,8 @@ how much of the gap to in-process inference is transport, gRPC's Python layer, o
 handler before and after the run, and the run itself.
 
 The in-process baseline is ``benchmarks/serving_latency.py``'s: ``Servable.run`` on the
-image's PNG bytes (the same string tensor the request carries) in this process, batch 1, measured in each round just before the client
-runs. Rounds are interleaved so that other load moves both sides. Wall time means
+image's PNG bytes (the same string tensor the request carries) in this process, batch 1,
+measured in each round just before the client runs. Rounds are interleaved so that other load moves both sides. Wall time means
 something only on an idle machine; say what else ran with ``--note``. Not a test.
 
 Usage:
