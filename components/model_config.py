@@ -17,8 +17,9 @@ class ModelConfig:
     """Model and training hyper-parameters.
 
     Attributes:
-      image_size: input height/width in pixels (a multiple of features.IMAGE_SIZE_MULTIPLE;
-        96..224 for ImageNet weights).
+      image_size: input height/width in pixels (a multiple of features.IMAGE_SIZE_MULTIPLE).
+        The backbone is fully convolutional, so ImageNet weights trained at 224 px load at
+        any size (Keras warns outside 96..224 only for its own download).
       alpha: MobileNetV2 width multiplier.
       weights: "imagenet" (Keras download), a path to a no-top .h5 file, or "none".
       batch_size: training batch size.
