@@ -139,7 +139,9 @@ def build_model(config: ModelConfig) -> keras.Model:
     if config.augment_gamma:
         # Before the contrast layer, whose output may leave [0, 1].
         layers.append(RandomGamma(config.augment_gamma, seed=config.seed + 5, name="gamma"))
-    layers.append(keras.layers.RandomContrast(config.augment_contrast, seed=config.seed + 3))
+    if config.augment_contrast:  # Keras refuses a zero contrast range
+        layers.append(keras.layers.RandomContrast(config.augment_contrast,
+                                                  seed=config.seed + 3))
     if config.augment_translate:
         layers.append(keras.layers.RandomTranslation(
             config.augment_translate, config.augment_translate, fill_mode="constant",

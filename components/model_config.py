@@ -103,6 +103,8 @@ class ModelConfig:
     augment_contrast: float = 0.15
     augment_gamma: float = 0.0
     mixup_alpha: float = 0.0
+    select_fraction: float = 0.0
+    early_stopping_patience: int = 0
 
     @classmethod
     def from_dict(cls, values: Dict) -> "ModelConfig":
@@ -150,6 +152,15 @@ class ModelConfig:
         if config.mixup_alpha and config.batch_size < 2:
             raise ValueError(f"mixup_alpha > 0 needs batch_size >= 2 (mixup pairs the images "
                              f"of a batch), got batch_size {config.batch_size}")
+        if not 0.0 <= config.select_fraction < 0.5:
+            raise ValueError(f"select_fraction must be in [0, 0.5) (a share of the training "
+                             f"patients), got {config.select_fraction}")
+        if config.early_stopping_patience < 0:
+            raise ValueError(f"early_stopping_patience must not be negative, got "
+                             f"{config.early_stopping_patience}")
+        if config.early_stopping_patience and not config.select_fraction:
+            raise ValueError("early_stopping_patience needs select_fraction > 0: the "
+                             "reporting split must not choose when to stop")
         if config.tuner_trials < 1 or config.tuner_epochs < 1:
             raise ValueError("tuner_trials and tuner_epochs must be at least 1")
         return config

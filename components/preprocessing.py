@@ -293,7 +293,8 @@ def preprocessing_fn(inputs, custom_config):
 
     Returns:
       The model's input image, the input-check measures (features.INPUT_CHECK_KEYS),
-      UPRIGHT_KEY and the label.
+      UPRIGHT_KEY, the label and the patient id (the Trainer's patient-disjoint
+      selection split, `model.select_fraction`; serving never asks for it).
     """
     size = int(custom_config["image_size"])
     equalisation = custom_config.get("equalisation", DEFAULT_EQUALISATION)
@@ -307,4 +308,5 @@ def preprocessing_fn(inputs, custom_config):
         **measures,
         features.UPRIGHT_KEY: measures[features.VERTICAL_KEY] * upright_sign,
         features.LABEL_KEY: tf.reshape(inputs[features.LABEL_KEY], [-1]),
+        features.PATIENT_KEY: tf.reshape(inputs[features.PATIENT_KEY], [-1]),
     }

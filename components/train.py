@@ -164,28 +164,70 @@ def class_weights(counts: List[int], mode: str) -> Optional[Dict[int, float]]:
     return {g: w * scale for g, w in enumerate(raw)}
 
 
-def _dataset(fn_args, tf_transform_output, batch_size: int, shuffle: bool,
-             seed: int) -> tf.data.Dataset:
-    dataset = fn_args.data_accessor.tf_dataset_factory(
-        fn_args.train_files if shuffle else fn_args.eval_files,
+# Hash buckets of patient ids for the selection split: shares in steps of 0.1 %.
+_SELECT_BUCKETS = 1000
+
+
+def in_selection_split(patient_ids: tf.Tensor, fraction: float) -> tf.Tensor:
+    """bool, same shape as `patient_ids` (string): True for the patients whose FarmHash
+    fingerprint falls in the first `fraction` of the buckets; the same patients in every
+    run and on every machine, both knees of a patient on the same side."""
+    buckets = tf.strings.to_hash_bucket_fast(patient_ids, _SELECT_BUCKETS)
+    return buckets < int(round(fraction * _SELECT_BUCKETS))
+
+
+def _dataset(files, data_accessor, tf_transform_output, batch_size: int, shuffle: bool,
+             seed: int, keep=None) -> tf.data.Dataset:
+    dataset = data_accessor.tf_dataset_factory(
+        files,
         tfxio.TensorFlowDatasetOptions(
             batch_size=batch_size, label_key=features.LABEL_KEY, num_epochs=1,
             shuffle=shuffle, shuffle_seed=seed, shuffle_buffer_size=1024),
         tf_transform_output.transformed_metadata.schema,
     )
+    if keep is not None:
+        dataset = (dataset.unbatch()
+                   .filter(lambda x, y: keep(x[features.PATIENT_KEY]))
+                   .batch(batch_size))
     # The model takes the image; the input-check measures are for the exported graph.
     key = features.TRANSFORMED_IMAGE_KEY
     return dataset.map(lambda x, y: ({key: x[key]}, y)).prefetch(tf.data.AUTOTUNE)
 
 
 def datasets(fn_args, tf_transform_output, config: ModelConfig):
-    """Training (shuffled) and validation datasets of the Transform output, and the
-    training examples per grade."""
-    train_ds = _dataset(fn_args, tf_transform_output, config.batch_size, True, config.seed)
-    eval_ds = _dataset(fn_args, tf_transform_output, config.batch_size, False, config.seed)
+    """The Transform output as Keras datasets of ({image_xf: float32 [B, S, S, 1]}, int64
+    grade [B]) batches.
+
+    Returns:
+      (train_ds shuffled, eval_ds, select_ds, counts): `select_ds` holds the training
+      patients set aside by `config.select_fraction` (`in_selection_split`), in file
+      order, and `train_ds` the rest; None and all of them when the fraction is 0.
+      `counts` is the training (fitting) examples per grade.
+
+    Raises:
+      ValueError: the selection split came out empty (too few training patients for
+        the fraction), or a label outside 0..4.
+    """
+    fraction = config.select_fraction
+    fit = (lambda ids: tf.logical_not(in_selection_split(ids, fraction))) if fraction else None
+    train_ds = _dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output,
+                        config.batch_size, True, config.seed, keep=fit)
+    eval_ds = _dataset(fn_args.eval_files, fn_args.data_accessor, tf_transform_output,
+                       config.batch_size, False, config.seed)
+    select_ds = None
+    if fraction:
+        select_ds = _dataset(fn_args.train_files, fn_args.data_accessor, tf_transform_output,
+                             config.batch_size, False, config.seed,
+                             keep=lambda ids: in_selection_split(ids, fraction))
+        select_counts = _label_counts(select_ds)
+        if not sum(select_counts):
+            raise ValueError(f"select_fraction {fraction} set aside no training patient: "
+                             f"too few patients for it; raise it or set it to 0")
+        logger.info("selection split (%.0f %% of training patients) per grade: %s",
+                    100 * fraction, select_counts)
     counts = _label_counts(train_ds)
     logger.info("training examples per grade: %s", counts)
-    return train_ds, eval_ds, counts
+    return train_ds, eval_ds, select_ds, counts
 
 
 def _label_counts(dataset: tf.data.Dataset) -> List[int]:
@@ -220,6 +262,48 @@ class _ThroughputLogger(keras.callbacks.Callback):
                     seconds, self._examples / seconds, shown)
 
 
+class BestEpochOnSelection(keras.callbacks.Callback):
+    """Scores the model on the selection split after every epoch and keeps the weights of
+    the epoch with the lowest selection loss; with `patience` > 0 it stops training after
+    that many epochs without a lower one (Prechelt 1998, "Early stopping - but when?").
+
+    With an EMA optimizer the averaged weights are scored and kept (what the fit would
+    end with), and the raw ones put back to go on training. After `fit`, restore with
+    `model.set_weights(best_weights)`; `best_epoch` is 0-based within this fit.
+    """
+
+    def __init__(self, select_ds: tf.data.Dataset, patience: int = 0):
+        super().__init__()
+        self._select_ds = select_ds
+        self._patience = patience
+        self._since_best = 0
+        self.best_epoch: Optional[int] = None
+        self.best_loss = float("inf")
+        self.best_accuracy = float("nan")
+        self.best_weights = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        optimizer = self.model.optimizer
+        variables = self.model.trainable_variables
+        raw = [v.numpy() for v in variables] if getattr(optimizer, "use_ema", False) else None
+        if raw is not None:
+            optimizer.finalize_variable_values(variables)
+        loss, accuracy = self.model.evaluate(self._select_ds, verbose=0)
+        if logs is not None:
+            logs.update(select_loss=loss, select_accuracy=accuracy)
+        if loss < self.best_loss:
+            self.best_epoch, self.best_loss, self.best_accuracy = epoch, loss, accuracy
+            self.best_weights = self.model.get_weights()
+            self._since_best = 0
+        else:
+            self._since_best += 1
+            if self._patience and self._since_best >= self._patience:
+                self.model.stop_training = True
+        if raw is not None:
+            for variable, value in zip(variables, raw):
+                variable.assign(value)
+
+
 def finetune_schedule(config: ModelConfig, steps_per_epoch: int):
     """Learning rate of the fine-tune phase per step: linear warm-up from 0 over
     `warmup_epochs`, then cosine decay from `finetune_lr` to 0 (Loshchilov & Hutter 2017)."""
@@ -232,11 +316,15 @@ def finetune_schedule(config: ModelConfig, steps_per_epoch: int):
 
 
 def train(config: ModelConfig, train_ds: tf.data.Dataset, eval_ds: tf.data.Dataset,
-          weights: Optional[Dict[int, float]], examples_per_epoch: int):
+          weights: Optional[Dict[int, float]], examples_per_epoch: int,
+          select_ds: Optional[tf.data.Dataset] = None):
     """Frozen-backbone head training, then fine-tuning. Returns (model, history, stats).
 
     With `config.mixup_alpha` both phases fit on `mixup_dataset(train_ds)`; `eval_ds` and
-    the returned model's inference path are the same either way.
+    the returned model's inference path are the same either way. With `select_ds` the
+    fine-tune epoch with the lowest loss on it is restored (`BestEpochOnSelection`) and
+    `stats["selection"]` says which. `history` has one entry per epoch for every key
+    (None where a phase did not measure it).
     """
     autograph_rules.keep_autograph_out_of_tf_keras()
     keras.utils.set_random_seed(config.seed)
@@ -272,14 +360,28 @@ def train(config: ModelConfig, train_ds: tf.data.Dataset, eval_ds: tf.data.Datas
             optimizer = keras.optimizers.Adam(learning_rate, **averaging)
         model.compile(optimizer=optimizer, loss=loss, metrics=[accuracy()])
         timer = _ThroughputLogger(examples_per_epoch, phase)
+        selector = (BestEpochOnSelection(select_ds, config.early_stopping_patience)
+                    if fine_tune and select_ds is not None else None)
         logger.info("%s: %d epochs, %d trainable weights", phase, epochs,
                     len(model.trainable_weights))
+        # The selector first, so that the timer's log line shows its scores.
         result = model.fit(fit_ds, validation_data=eval_ds, epochs=epochs,
-                           class_weight=fit_weights, callbacks=[timer], verbose=0)
+                           class_weight=fit_weights, verbose=0,
+                           callbacks=[selector, timer] if selector else [timer])
+        done = len(history.get("loss", []))
         for key, values in result.history.items():
-            history.setdefault(key, []).extend(float(v) for v in values)
+            history.setdefault(key, [None] * done).extend(float(v) for v in values)
+        epochs_run = len(timer.epoch_seconds)
         stats["train_seconds"] += sum(timer.epoch_seconds)
-        stats["train_images"] += examples_per_epoch * epochs
+        stats["train_images"] += examples_per_epoch * epochs_run
+        if selector:
+            model.set_weights(selector.best_weights)
+            stats["selection"] = {
+                "epoch": selector.best_epoch + 1, "epochs_run": epochs_run,
+                "loss": selector.best_loss, "accuracy": selector.best_accuracy}
+            logger.info("restored %s epoch %d of %d run (%d planned): selection loss %.4f, "
+                        "accuracy %.4f", phase, selector.best_epoch + 1, epochs_run, epochs,
+                        selector.best_loss, selector.best_accuracy)
 
     backbone.trainable = False
     run_phase("head", config.head_epochs, config.head_lr)
@@ -318,11 +420,11 @@ def run_fn(fn_args) -> None:
         config = config.with_overrides(hyperparameter_values(tuned))
     logger.info("training with %s", config)
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_output)
-    train_ds, eval_ds, counts = datasets(fn_args, tf_transform_output, config)
+    train_ds, eval_ds, select_ds, counts = datasets(fn_args, tf_transform_output, config)
     weights = class_weights(counts, config.class_weighting)
     if weights:
         logger.info("class weights: %s", {g: round(w, 3) for g, w in weights.items()})
-    model, history, stats = train(config, train_ds, eval_ds, weights, sum(counts))
+    model, history, stats = train(config, train_ds, eval_ds, weights, sum(counts), select_ds)
     stats["train_images_per_second"] = (
         stats["train_images"] / stats["train_seconds"] if stats["train_seconds"] else 0.0)
     stats.update(post_hoc.fit(model, config, train_ds, eval_ds))

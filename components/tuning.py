@@ -72,7 +72,9 @@ def tuner_fn(fn_args) -> tfx.components.TunerFnResult:
     """TFX Tuner entry point."""
     config = ModelConfig.from_dict(dict(fn_args.custom_config or {}))
     tf_transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
-    train_ds, eval_ds, counts = train.datasets(fn_args, tf_transform_output, config)
+    # Trials score on the validation split; the selection split is left out of fitting
+    # here too, so that a trial trains on what the Trainer will.
+    train_ds, eval_ds, _, counts = train.datasets(fn_args, tf_transform_output, config)
     logger.info("tuning %d trials of %d fine-tune epochs over %s", config.tuner_trials,
                 config.tuner_epochs, dataclasses.asdict(config))
     tuner = KoaTuner(config, train_ds, eval_ds, counts, directory=fn_args.working_dir)

@@ -53,6 +53,9 @@ def write_report(record: RunRecord, out_dir: str) -> Dict:
         flat["train_images_per_second"] = stats.get("train_images_per_second")
         flat["train_minutes"] = round(stats.get("train_seconds", 0.0) / 60.0, 2)
         flat["hardware"] = stats.get("hardware")
+        if stats.get("selection"):  # model.select_fraction: the epoch restored
+            flat["selected_finetune_epoch"] = stats["selection"]["epoch"]
+            flat["finetune_epochs_run"] = stats["selection"]["epochs_run"]
         # Offsets are fitted on the validation split they are measured on; this is the
         # estimate on halves they were not fitted on.
         flat["accuracy_cross_fitted"] = stats.get("val_accuracy_offsets_cross_fitted")

@@ -45,6 +45,10 @@ def test_class_weights_refuse_a_missing_grade():
     ({"mixup_alpha": -0.2}, "mixup_alpha"),
     ({"mixup_alpha": 8.0}, "mixup_alpha"),
     ({"mixup_alpha": 0.2, "batch_size": 1}, "batch_size"),
+    ({"select_fraction": 0.5}, "select_fraction"),
+    ({"select_fraction": -0.1}, "select_fraction"),
+    ({"early_stopping_patience": -1}, "early_stopping_patience"),
+    ({"early_stopping_patience": 3}, "needs select_fraction"),
 ])
 def test_invalid_model_config_is_named(values, message):
     with pytest.raises(ValueError, match=message):
@@ -160,8 +164,10 @@ def test_fine_tune_options_train_and_the_schedule_warms_up():
     labels = tf_.constant([0, 1, 2, 3, 4, 0, 1, 2] * 2)
     ds = tf_.data.Dataset.from_tensor_slices(
         ({features.TRANSFORMED_IMAGE_KEY: images}, labels)).batch(8)
-    trained, history, _ = train.train(config, ds, ds, None, 16)
+    trained, history, stats = train.train(config, ds, ds, None, 16)
     assert len(history["loss"]) == 2 and all(np.isfinite(history["loss"]))
+    # Without a selection split every epoch runs and the last is kept.
+    assert "selection" not in stats and "select_loss" not in history
     assert isinstance(trained.optimizer, tf_.keras.optimizers.AdamW)
     schedule = train.finetune_schedule(config, steps_per_epoch=2)
     # One warm-up epoch of 2 steps from 0 to the peak, then the cosine decay.

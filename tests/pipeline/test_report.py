@@ -25,4 +25,11 @@ def test_report_writes_the_evaluator_figures_and_the_experiment_record(pipeline_
     assert len(rows) == evaluated["eval_examples"]
     assert sum(r["actual"] == r["predicted"] for r in rows) == round(
         evaluated["accuracy"] * evaluated["eval_examples"])
-    assert (tmp_path / report.TRAINING_FILE).read_text().startswith("epoch,")
+    with open(tmp_path / report.TRAINING_FILE, newline="") as f:
+        epochs = list(csv.DictReader(f))
+    finetune_epochs = pipeline_run.params.model.finetune_epochs
+    assert len(epochs) == finetune_epochs and all(e["select_loss"] for e in epochs)
+    # The e2e run chooses its epoch on a selection split of the training patients.
+    assert written["finetune_epochs_run"] == finetune_epochs
+    best = min(range(finetune_epochs), key=lambda e: float(epochs[e]["select_loss"]))
+    assert written["selected_finetune_epoch"] == best + 1

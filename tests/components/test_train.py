@@ -1,0 +1,117 @@
+"""The Trainer's selection split (`model.select_fraction`) and best-epoch restore."""
+
+import glob
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components import features, train
+from components.model_config import ModelConfig
+
+
+def test_selection_split_is_a_stable_share_of_patients():
+    ids = tf.constant([f"{9000000 + i}" for i in range(4000)])
+    chosen = train.in_selection_split(ids, 0.1).numpy()
+    assert 0.085 < chosen.mean() < 0.115
+    # The same patients on every call; both knees of a patient share one id.
+    np.testing.assert_array_equal(chosen, train.in_selection_split(ids, 0.1).numpy())
+    # A larger share keeps the smaller one's patients (nested buckets).
+    assert np.all(train.in_selection_split(ids, 0.2).numpy()[chosen])
+    assert not train.in_selection_split(ids, 0.0).numpy().any()
+
+
+def _fn_args(transformed_examples_uri):
+    """What the TFX Trainer hands run_fn, for the session pipeline's Transform output."""
+    from types import SimpleNamespace
+
+    from tfx.components.trainer.fn_args_utils import DataAccessor
+    from tfx.components.util import tfxio_utils
+    from tfx.types import artifact_utils, standard_artifacts
+
+    examples = standard_artifacts.Examples()
+    examples.uri = transformed_examples_uri
+    examples.split_names = artifact_utils.encode_split_names(["train", "eval"])
+    factory = tfxio_utils.get_tf_dataset_factory_from_artifact([examples], [])
+    files = {split: os.path.join(transformed_examples_uri, f"Split-{split}", "*")
+             for split in ("train", "eval")}
+    return SimpleNamespace(train_files=[files["train"]], eval_files=[files["eval"]],
+                           data_accessor=DataAccessor(factory, None, None))
+
+
+def _train_patients(transformed_examples_uri):
+    """Patient id of every transformed training example, in file order."""
+    files = sorted(glob.glob(os.path.join(transformed_examples_uri, "Split-train", "*")))
+    spec = {features.PATIENT_KEY: tf.io.FixedLenFeature([], tf.string)}
+    records = tf.data.TFRecordDataset(files, compression_type="GZIP")
+    return [tf.io.parse_single_example(r, spec)[features.PATIENT_KEY].numpy()
+            for r in records]
+
+
+def test_selection_split_holds_out_whole_patients_from_fitting(pipeline_run):
+    import tensorflow_transform as tft
+
+    outputs = pipeline_run.record.outputs
+    uri = outputs["Transform.transformed_examples"]
+    tft_output = tft.TFTransformOutput(outputs["Transform.transform_graph"])
+    config = ModelConfig(image_size=64, batch_size=16, select_fraction=0.3)
+    train_ds, eval_ds, select_ds, counts = train.datasets(_fn_args(uri), tft_output, config)
+
+    patients = _train_patients(uri)
+    held = train.in_selection_split(tf.constant(patients), 0.3).numpy()
+    assert 0 < held.sum() < len(patients)
+    select_labels = np.concatenate([y.numpy() for _, y in select_ds])
+    fit_labels = np.concatenate([y.numpy() for _, y in train_ds])
+    assert len(select_labels) == held.sum() and sum(counts) == len(fit_labels)
+    assert len(select_labels) + len(fit_labels) == len(patients)
+    image, _ = next(iter(select_ds))
+    assert set(image) == {features.TRANSFORMED_IMAGE_KEY}
+
+    # Without a selection split every training film fits, and there is no select_ds.
+    all_ds, _, none, all_counts = train.datasets(
+        _fn_args(uri), tft_output, ModelConfig(image_size=64, batch_size=16))
+    assert none is None and sum(all_counts) == len(patients)
+
+    # A share too small for the patients there are is refused, by name.
+    with pytest.raises(ValueError, match="set aside no training patient"):
+        train.datasets(_fn_args(uri), tft_output,
+                       ModelConfig(image_size=64, batch_size=16, select_fraction=0.001))
+
+
+def _brightness_set(reverse: bool, seed: int):
+    """Images whose brightness encodes the grade (reversed for `reverse`)."""
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(5), 8)
+    level = (4 - labels) if reverse else labels
+    images = (level[:, None, None, None] / 4.0 * 0.8 + 0.1
+              + rng.normal(0, 0.02, (len(labels), 32, 32, 1))).astype("float32")
+    return tf.data.Dataset.from_tensor_slices(
+        ({features.TRANSFORMED_IMAGE_KEY: images}, labels)).batch(8)
+
+
+@pytest.mark.slow  # real (tiny) training runs
+def test_best_selection_epoch_is_restored_and_patience_stops_training():
+    # The selection films carry the reversed grades: the better the model fits, the worse
+    # it scores there, so the selection loss rises and training should stop early.
+    fit_ds, select_ds = _brightness_set(False, 0), _brightness_set(True, 1)
+    config = ModelConfig(image_size=32, weights="none", head_epochs=1, finetune_epochs=8,
+                         finetune_lr=3e-3, ema=True, batch_size=8, select_fraction=0.2,
+                         early_stopping_patience=2, augment_rotation=0.0,
+                         augment_zoom=0.0, augment_contrast=0.0)
+    model, history, stats = train.train(config, fit_ds, fit_ds, None, 40, select_ds)
+
+    selection = stats["selection"]
+    scored = history["select_loss"]
+    # One history entry per epoch for every key; the head epoch has no selection score.
+    assert len(scored) == len(history["loss"]) == 1 + selection["epochs_run"]
+    assert scored[0] is None
+    finetune_scores = scored[1:]
+    assert selection["epoch"] == int(np.argmin(finetune_scores)) + 1
+    assert selection["epochs_run"] < config.finetune_epochs
+    assert selection["epochs_run"] == selection["epoch"] + config.early_stopping_patience
+    # The returned model is the restored (averaged) one: it scores what was recorded.
+    loss, accuracy = model.evaluate(select_ds, verbose=0)
+    assert loss == pytest.approx(selection["loss"], rel=1e-4)
+    assert accuracy == pytest.approx(selection["accuracy"])
+
