@@ -114,4 +114,3 @@ def test_best_selection_epoch_is_restored_and_patience_stops_training():
     loss, accuracy = model.evaluate(select_ds, verbose=0)
     assert loss == pytest.approx(selection["loss"], rel=1e-4)
     assert accuracy == pytest.approx(selection["accuracy"])
-
