@@ -21,6 +21,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parent.parent
 # The example SavedModels of the server, web and benchmark tests (`import example_model`).
 sys.path.insert(0, str(REPO / "tests" / "models"))
+# Test-file builders shared by several areas (`import dicom_testlib`); appended, so the
+# project's packages keep precedence over the tests/<package>/ folders.
+sys.path.append(str(REPO / "tests"))
 
 
 def shared_dir() -> Path:

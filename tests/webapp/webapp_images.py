@@ -11,8 +11,9 @@ import zlib
 import numpy as np
 import pydicom
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.dataset import Dataset
+
+import dicom_testlib
 
 PATIENT_NAME = "Doe^Janet^Q"
 PATIENT_ID = "PID-7731-SECRET"
@@ -98,7 +99,7 @@ def dicom_bytes(
     frames: int = 1,
     with_pixels: bool = True,
 ) -> bytes:
-    """A DICOM Part 10 file with patient-identifying tags set (they must never leak).
+    """A knee DX DICOM with patient-identifying tags set (they must never leak).
 
     Args:
         pixels: uint16 array [rows, cols].
@@ -110,45 +111,22 @@ def dicom_bytes(
         frames: NumberOfFrames to claim.
         with_pixels: False leaves out PixelData.
     """
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.PatientName = PATIENT_NAME
-    ds.PatientID = PATIENT_ID
-    ds.PatientBirthDate = PATIENT_BIRTH_DATE
-    ds.InstitutionName = INSTITUTION
-    ds.Modality = "DX"
-    ds.BodyPartExamined = "KNEE"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 16
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 0
-    if frames != 1:
-        ds.NumberOfFrames = frames
+    attributes = dict(
+        PatientName=PATIENT_NAME, PatientID=PATIENT_ID, PatientBirthDate=PATIENT_BIRTH_DATE,
+        InstitutionName=INSTITUTION, Modality="DX", BodyPartExamined="KNEE",
+        PhotometricInterpretation=photometric)
     if window is not None:
-        ds.WindowCenter, ds.WindowWidth = window
+        attributes["WindowCenter"], attributes["WindowWidth"] = window
     if rescale is not None:
-        ds.RescaleSlope, ds.RescaleIntercept = rescale
-        ds.RescaleType = "US"
+        attributes["RescaleSlope"], attributes["RescaleIntercept"] = rescale
+        attributes["RescaleType"] = "US"
     if voi_lut is not None:
         item = Dataset()
         item.LUTDescriptor = [len(voi_lut), 0, 16]
         item.LUTData = np.asarray(voi_lut, dtype="<u2").tobytes()
-        ds.VOILUTSequence = pydicom.Sequence([item])
-    if with_pixels:
-        data = np.ascontiguousarray(pixels.astype("<u2"))
-        ds.PixelData = np.concatenate([data] * frames).tobytes() if frames > 1 else data.tobytes()
-    out = io.BytesIO()
-    ds.save_as(out, enforce_file_format=True)
-    return out.getvalue()
+        attributes["VOILUTSequence"] = pydicom.Sequence([item])
+    return dicom_testlib.dicom_bytes(pixels, bits_stored, frames=frames,
+                                     with_pixels=with_pixels, **attributes)
 
 
 def ramp_12bit(rows: int = 48, cols: int = 64) -> np.ndarray:

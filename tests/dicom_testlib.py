@@ -1,4 +1,8 @@
-"""Test DICOM files made with pydicom, with patient-identifying attributes set."""
+"""Test DICOM files made with pydicom, with patient-identifying attributes set.
+
+One builder for every test area (components, web app): tests/conftest.py puts tests/ on
+the import path.
+"""
 
 import io
 
@@ -11,11 +15,17 @@ PATIENT_NAME = "Doe^Jane"
 PATIENT_ID = "PID-SECRET-1"
 
 
-def dicom_bytes(pixels: np.ndarray, bits_stored: int = 12, **attributes) -> bytes:
-    """An uncompressed single-frame MONOCHROME2 DICOM of ``pixels`` (uint16 [rows, cols]).
+def dicom_bytes(pixels: np.ndarray, bits_stored: int = 12, *, frames: int = 1,
+                with_pixels: bool = True, **attributes) -> bytes:
+    """An uncompressed MONOCHROME2 DICOM Part 10 file of ``pixels`` (uint16 [rows, cols]).
 
-    ``attributes`` are set by DICOM keyword last, e.g. ``Modality="DX"``,
-    ``ImageLaterality="L"``, ``PhotometricInterpretation="MONOCHROME1"``.
+    Args:
+        pixels: uint16 array [rows, cols]; repeated ``frames`` times in PixelData.
+        bits_stored: Bits used per pixel (BitsAllocated stays 16).
+        frames: NumberOfFrames to claim (set only when not 1).
+        with_pixels: False leaves out PixelData.
+        attributes: set by DICOM keyword last, e.g. ``Modality="DX"``,
+            ``ImageLaterality="L"``, ``PhotometricInterpretation="MONOCHROME1"``.
     """
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
@@ -34,9 +44,12 @@ def dicom_bytes(pixels: np.ndarray, bits_stored: int = 12, **attributes) -> byte
     ds.BitsStored = bits_stored
     ds.HighBit = bits_stored - 1
     ds.PixelRepresentation = 0
+    if frames != 1:
+        ds.NumberOfFrames = frames
     for keyword, value in attributes.items():
         setattr(ds, keyword, value)
-    ds.PixelData = np.ascontiguousarray(pixels.astype("<u2")).tobytes()
+    if with_pixels:
+        ds.PixelData = np.ascontiguousarray(pixels.astype("<u2")).tobytes() * frames
     out = io.BytesIO()
     ds.save_as(out, enforce_file_format=True)
     return out.getvalue()
