@@ -226,8 +226,6 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="benchmarks/results/metamorphic.json")
     args = parser.parse_args(argv)
 
-    import json
-
     import tensorflow as tf
 
     from components import atomic_dir
@@ -256,12 +254,7 @@ def main(argv=None) -> int:
             logger.info("input checks on %-11s %s", variant,
                         {c: round(r, 3) for c, r in by_code.items()})
 
-    results = {}
-    if os.path.isfile(args.out):
-        with open(args.out, encoding="utf-8") as f:
-            results = json.load(f)
-    results[os.path.abspath(args.model)] = result
-    atomic_dir.write_json(args.out, results)
+    atomic_dir.update_json(args.out, os.path.abspath(args.model), result)
     return 0
 
 

@@ -13,7 +13,6 @@ model's directory.
 import argparse
 import datetime
 import glob
-import json
 import logging
 import os
 import sys
@@ -80,12 +79,7 @@ def main(argv=None) -> int:
     logger.info("flagged: %d/%d probes, %.1f%% of validation knees", result["probes_flagged"],
                 result["probes_total"], 100 * result["val_knees_flagged_share"])
 
-    results = {}
-    if os.path.isfile(args.out):
-        with open(args.out, encoding="utf-8") as f:
-            results = json.load(f)
-    results[os.path.abspath(args.model)] = result
-    atomic_dir.write_json(args.out, results)
+    atomic_dir.update_json(args.out, os.path.abspath(args.model), result)
     return 0
 
 

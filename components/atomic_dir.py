@@ -16,6 +16,28 @@ def write_json(path: str, payload) -> None:
     os.replace(tmp, path)
 
 
+def update_json(path: str, key: str, value) -> None:
+    """Sets `key` of the JSON object in `path` to `value` and writes it back with
+    `write_json`; a missing file starts as an empty object. Other keys are kept, so runs
+    on several models can share one results file.
+
+    Raises:
+        ValueError: `path` holds invalid JSON or JSON that is not an object.
+    """
+    results = {}
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            try:
+                results = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: not valid JSON ({e}); not overwritten") from e
+        if not isinstance(results, dict):
+            raise ValueError(f"{path}: holds a JSON {type(results).__name__}, not an object "
+                             "keyed by run; not overwritten")
+    results[key] = value
+    write_json(path, results)
+
+
 def replace_dir(tmp: Path, out: Path) -> None:
     """Moves the finished `tmp` to `out`, replacing an old `out` with two renames.
 
