@@ -31,6 +31,10 @@ class ModelConfig:
       dropout: dropout before the classifier.
       bn_momentum: batch-norm momentum for fine-tuning (0.9 suits small data).
       class_weighting: "balanced", "sqrt" (square root of balanced) or "none".
+      class_balance: how `class_weighting` acts: "weights" scales each film's loss by
+        its grade's weight; "sampling" draws grade g with probability ∝ count x weight
+        and leaves the loss unweighted (same expected gradient; components/train.py,
+        `class_sampled_dataset`).
       seed: random seed for initialisation, shuffling and augmentation.
       head: "softmax" (5 free logits) or "ordinal" (cumulative-link: one severity score
         and 4 ordered cut-points, turned into 5 probabilities in the graph).
@@ -83,6 +87,7 @@ class ModelConfig:
     dropout: float = 0.2
     bn_momentum: float = 0.9
     class_weighting: str = "sqrt"
+    class_balance: str = "weights"
     seed: int = 42
     head: str = "softmax"
     calibrate: bool = True
@@ -119,6 +124,12 @@ class ModelConfig:
         if config.class_weighting not in ("balanced", "sqrt", "none"):
             raise ValueError(f"class_weighting must be balanced, sqrt or none, "
                              f"got {config.class_weighting!r}")
+        if config.class_balance not in ("weights", "sampling"):
+            raise ValueError(f"class_balance must be weights or sampling, "
+                             f"got {config.class_balance!r}")
+        if config.class_balance == "sampling" and config.class_weighting == "none":
+            raise ValueError("class_balance sampling needs class_weighting sqrt or balanced: "
+                             "with none it would draw the grades as they come")
         if config.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {config.head!r}")
         if not 0.0 < config.ood_percentile <= 100.0:

@@ -60,9 +60,8 @@ class KoaTuner(keras_tuner.engine.base_tuner.BaseTuner):
         config = self._base.with_overrides(
             {**trial.hyperparameters.values, "finetune_epochs": self._base.tuner_epochs})
         logger.info("trial %s: %s", trial.trial_id, trial.hyperparameters.values)
-        _, history, _ = train.train(
-            config, self._train_ds, self._eval_ds,
-            train.class_weights(self._counts, config.class_weighting), sum(self._counts))
+        fit_ds, weights = train.fit_inputs(self._train_ds, self._counts, config)
+        _, history, _ = train.train(config, fit_ds, self._eval_ds, weights, sum(self._counts))
         best = max(history[OBJECTIVE])
         logger.info("trial %s: best %s %.4f", trial.trial_id, OBJECTIVE, best)
         return {OBJECTIVE: best}

@@ -31,6 +31,8 @@ def test_class_weights_refuse_a_missing_grade():
 @pytest.mark.parametrize("values, message", [
     ({"image_size": 100}, "multiple of 8"),
     ({"class_weighting": "inverse"}, "class_weighting"),
+    ({"class_balance": "oversample"}, "class_balance must be"),
+    ({"class_balance": "sampling", "class_weighting": "none"}, "needs class_weighting"),
     ({"learning_rate": 0.1}, "unknown model settings"),
     ({"recall_floor": 1.2}, "recall_floor"),
     ({"ordinal_smoothing": 1.0}, "ordinal_smoothing"),

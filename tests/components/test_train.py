@@ -1,4 +1,5 @@
-"""The Trainer's selection split (`model.select_fraction`) and best-epoch restore."""
+"""The Trainer's selection split (`model.select_fraction`), best-epoch restore and
+class-balanced sampling (`model.class_balance`)."""
 
 import glob
 import os
@@ -114,3 +115,64 @@ def test_best_selection_epoch_is_restored_and_patience_stops_training():
     loss, accuracy = model.evaluate(select_ds, verbose=0)
     assert loss == pytest.approx(selection["loss"], rel=1e-4)
     assert accuracy == pytest.approx(selection["accuracy"])
+
+
+def _numbered_films(counts, size=2):
+    """A batched, shuffled training set; every pixel of film i holds i, so a drawn image
+    says which film it is. Returns (dataset, grade of each film)."""
+    grades = np.repeat(np.arange(features.NUM_GRADES), counts)
+    images = np.broadcast_to(np.arange(len(grades), dtype="float32")[:, None, None, None],
+                             (len(grades), size, size, 1)).copy()
+    ds = tf.data.Dataset.from_tensor_slices(
+        ({features.TRANSFORMED_IMAGE_KEY: images}, grades)).shuffle(len(grades), seed=0)
+    return ds.batch(7), grades
+
+
+def test_sampling_probabilities_follow_count_times_class_weight():
+    counts = [2286, 1046, 1516, 757, 173]
+    balanced = train.sampling_probabilities(counts, train.class_weights(counts, "balanced"))
+    np.testing.assert_allclose(balanced, 0.2)
+    root = np.sqrt(counts)
+    np.testing.assert_allclose(
+        train.sampling_probabilities(counts, train.class_weights(counts, "sqrt")),
+        root / root.sum())
+
+
+def test_class_balanced_sampling_draws_real_films_in_proportion():
+    counts = [120, 60, 30, 15, 5]
+    ds, grades = _numbered_films(counts)
+    sampled = train.class_sampled_dataset(ds, counts, train.class_weights(counts, "balanced"),
+                                          batch_size=8, seed=3)
+    drawn, orders = [], []
+    for _ in range(30):
+        batches = list(sampled)
+        # An epoch has as many films, and steps, as one over the training set.
+        assert [len(y) for _, y in batches] == [8] * 28 + [6]
+        ids = np.concatenate([x[features.TRANSFORMED_IMAGE_KEY][:, 0, 0, 0] for x, _ in
+                              batches]).astype(int)
+        labels = np.concatenate([y for _, y in batches])
+        np.testing.assert_array_equal(grades[ids], labels)  # each film keeps its grade
+        drawn.append(labels)
+        orders.append(ids)
+    share = np.bincount(np.concatenate(drawn), minlength=5) / (30 * sum(counts))
+    np.testing.assert_allclose(share, 0.2, atol=0.02)  # 6,900 draws: sd 0.005
+    assert not np.array_equal(orders[0], orders[1])  # a new draw every epoch
+    # All five grade-4 films come round, not one of them over and over.
+    assert set(np.concatenate(orders)[np.concatenate(drawn) == 4]) == {225, 226, 227, 228, 229}
+
+
+@pytest.mark.slow  # one tiny training epoch
+def test_fit_inputs_weight_the_loss_or_resample():
+    counts = [4, 4, 2, 2, 2]
+    ds, _ = _numbered_films(counts, size=32)
+    weighted = ModelConfig(image_size=32, class_weighting="sqrt")
+    fit_ds, weights = train.fit_inputs(ds, counts, weighted)
+    assert fit_ds is ds and weights == train.class_weights(counts, "sqrt")
+
+    sampling = ModelConfig(image_size=32, weights="none", head_epochs=0, finetune_epochs=1,
+                           batch_size=4, class_weighting="sqrt", class_balance="sampling")
+    fit_ds, weights = train.fit_inputs(ds, counts, sampling)
+    assert weights is None and fit_ds is not ds
+    # Keras fits on it: one epoch of ceil(14 / 4) steps, unweighted.
+    _, history, stats = train.train(sampling, fit_ds, ds, weights, sum(counts))
+    assert np.isfinite(history["loss"]).all() and stats["train_images"] == 14
