@@ -26,6 +26,11 @@ logger = logging.getLogger(__name__)
 
 OBJECTIVE = "val_accuracy"
 
+# Settings that decide what a fit trains on (`train.fit_inputs`). The search leaves them at
+# the base configuration's values, so every trial shares one training input; with
+# class-balanced sampling that means one set of per-grade caches for the whole search.
+FIT_INPUT_SETTINGS = ("class_balance", "class_weighting", "batch_size", "seed")
+
 
 def search_space(hp: keras_tuner.HyperParameters) -> None:
     """Declares the searched settings (names are ModelConfig fields).
@@ -47,6 +52,10 @@ class KoaTuner(keras_tuner.engine.base_tuner.BaseTuner):
                  directory: str, project_name: str = "koa"):
         hyperparameters = keras_tuner.HyperParameters()
         search_space(hyperparameters)
+        shared = set(hyperparameters.values) & set(FIT_INPUT_SETTINGS)
+        if shared:
+            raise ValueError(f"the search space sets {sorted(shared)}, which decide the "
+                             f"training input every trial shares; search them elsewhere")
         oracle = keras_tuner.oracles.RandomSearchOracle(
             objective=keras_tuner.Objective(OBJECTIVE, direction="max"),
             max_trials=base_config.tuner_trials, hyperparameters=hyperparameters,
@@ -54,14 +63,15 @@ class KoaTuner(keras_tuner.engine.base_tuner.BaseTuner):
         super().__init__(oracle=oracle, directory=directory, project_name=project_name,
                          overwrite=True)
         self._base = base_config
-        self._train_ds, self._eval_ds, self._counts = train_ds, eval_ds, counts
+        self._eval_ds, self._counts = eval_ds, counts
+        self._fit_ds, self._weights = train.fit_inputs(train_ds, counts, base_config)
 
     def run_trial(self, trial, *args, **kwargs) -> Dict[str, float]:
         config = self._base.with_overrides(
             {**trial.hyperparameters.values, "finetune_epochs": self._base.tuner_epochs})
         logger.info("trial %s: %s", trial.trial_id, trial.hyperparameters.values)
-        fit_ds, weights = train.fit_inputs(self._train_ds, self._counts, config)
-        _, history, _ = train.train(config, fit_ds, self._eval_ds, weights, sum(self._counts))
+        _, history, _ = train.train(config, self._fit_ds, self._eval_ds, self._weights,
+                                    sum(self._counts))
         best = max(history[OBJECTIVE])
         logger.info("trial %s: best %s %.4f", trial.trial_id, OBJECTIVE, best)
         return {OBJECTIVE: best}

@@ -2,6 +2,7 @@
 
 import json
 
+import keras_tuner
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -52,6 +53,22 @@ def test_pipeline_with_tuner_compiles_for_kubeflow(tmp_path):
     assert "Tuner" in tasks["Trainer"].get("dependentTasks", [])
 
 
+def test_search_space_leaves_the_shared_training_input_alone(tmp_path, monkeypatch):
+    searched = keras_tuner.HyperParameters()
+    tuning.search_space(searched)
+    assert not set(searched.values) & set(tuning.FIT_INPUT_SETTINGS)
+
+    def with_sampling_searched(hp):
+        hp.Choice("class_balance", ["weights", "sampling"])
+        hp.Float("finetune_lr", 3e-4, 3e-3)
+
+    monkeypatch.setattr(tuning, "search_space", with_sampling_searched)
+    train_ds, eval_ds, counts = _tiny_datasets()
+    with pytest.raises(ValueError, match=r"\['class_balance'\].*training input"):
+        tuning.KoaTuner(ModelConfig(image_size=32, weights="none"), train_ds, eval_ds,
+                        counts, directory=str(tmp_path))
+
+
 def _tiny_datasets(seed=0):
     """Images whose brightness encodes the grade: learnable in one short epoch."""
     rng = np.random.default_rng(seed)
@@ -63,14 +80,22 @@ def _tiny_datasets(seed=0):
 
 
 @pytest.mark.slow
-def test_search_records_trials_and_its_best_values_configure_the_trainer(tmp_path):
+def test_search_records_trials_and_its_best_values_configure_the_trainer(tmp_path,
+                                                                        monkeypatch):
     base = ModelConfig(image_size=32, weights="none", head_epochs=0, batch_size=16,
-                             tuner_trials=2, tuner_epochs=1)
+                       tuner_trials=2, tuner_epochs=1, class_weighting="sqrt",
+                       class_balance="sampling")
     train_ds, eval_ds, counts = _tiny_datasets()
+    built = []
+    fit_inputs = train.fit_inputs
+    monkeypatch.setattr(train, "fit_inputs",
+                        lambda *args: built.append(args) or fit_inputs(*args))
     tuner = tuning.KoaTuner(base, train_ds, eval_ds, counts, directory=str(tmp_path))
     tuner.search()
     trials = [t for t in tuner.oracle.trials.values() if t.score is not None]
     assert len(trials) == 2
+    # Both trials trained on one sampled input, built from the base configuration.
+    assert len(built) == 1 and built[0][2] is base
     best = tuner.get_best_hyperparameters()[0]
     assert best.values["label_smoothing"] in (0.0, 0.1, 0.2)
     assert best.values["weight_decay"] in (0.0, 0.02, 0.05)
