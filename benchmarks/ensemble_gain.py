@@ -21,10 +21,9 @@ import json
 import logging
 import os
 import sys
-from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.ordinal_decision import serve_films  # noqa: E402
+from benchmarks.ordinal_decision import labelled_films, serve_films  # noqa: E402
 from components import features  # noqa: E402
 
 features.select_keras_2()  # before TensorFlow is imported
@@ -72,15 +71,9 @@ def main(argv=None) -> int:
 
     import numpy as np
 
-    from components import atomic_dir, ingest_sources, ordinal_decision
+    from components import atomic_dir, ordinal_decision
 
-    try:
-        films = [(item.path, item.grade)
-                 for item in ingest_sources.scan_folders(Path(args.images)).items]
-    except (OSError, ingest_sources.IngestError) as e:
-        parser.error(f"--images {args.images}: {e}")
-    if not films:
-        parser.error(f"--images {args.images}: no films in <grade>/ folders")
+    films = labelled_films(args.images)
     labels = np.array([grade for _, grade in films])
     k = features.NUM_GRADES
     logits = {}

@@ -77,7 +77,7 @@ def _box_scores(heat):
     return shares, (rows >= r0) & (rows < r1) & (cols >= c0) & (cols < c1)
 
 
-def _restore(saved_model_dir: str):
+def restore(saved_model_dir: str):
     """The pushed model rebuilt as Keras, with its post-hoc parts, and its training config.
 
     Raises:
@@ -265,7 +265,7 @@ def main(argv=None) -> int:
     from components.model import tapped_backbone, tapped_features_and_logits
 
     pushed = tf.saved_model.load(args.model)
-    model, config = _restore(args.model)
+    model, config = restore(args.model)
     tapped = tapped_backbone(model, LAYERS)
 
     @tf.function

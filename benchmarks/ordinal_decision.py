@@ -15,10 +15,10 @@ Prints each decision's accuracy, QWK and MAE as ratios to `served`, and writes J
 
 import argparse
 import datetime
-import glob
 import logging
 import os
 import sys
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from components import features  # noqa: E402
@@ -29,11 +29,22 @@ logger = logging.getLogger("ordinal_decision")
 _BATCH = 32
 
 
-def _labelled_films(root: str) -> list:
-    films = [(path, grade) for grade in range(features.NUM_GRADES)
-             for path in sorted(glob.glob(os.path.join(root, str(grade), "*.png")))]
+def labelled_films(root: str) -> list:
+    """[(path, grade)] of every image in the <grade>/ folders under `root`, as ingestion
+    lists them (`ingest_sources.scan_folders`).
+
+    Raises:
+      SystemExit: `root` cannot be read, is not a <grade>/ tree, or holds no image.
+    """
+    from components import ingest_sources
+
+    try:
+        films = [(str(item.path), item.grade)
+                 for item in ingest_sources.scan_folders(Path(root)).items]
+    except (OSError, ingest_sources.IngestError) as e:
+        raise SystemExit(f"--images {root}: {e}")
     if not films:
-        raise SystemExit(f"no <grade>/*.png films under {root}")
+        raise SystemExit(f"--images {root}: no films in <grade>/ folders")
     return films
 
 
@@ -74,7 +85,7 @@ def main(argv=None) -> int:
     from components import atomic_dir, ordinal_decision
 
     serve = tf.saved_model.load(args.model).signatures[features.SERVING_SIGNATURE]
-    films = _labelled_films(args.images)
+    films = labelled_films(args.images)
     outputs = serve_films(serve, [path for path, _ in films])
     probabilities = outputs[features.PROBABILITIES_OUTPUT]
     served = outputs[features.GRADE_OUTPUT]

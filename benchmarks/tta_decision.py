@@ -18,14 +18,14 @@ figures are the export's.
 
 import argparse
 import datetime
-import json
 import logging
 import os
 import sys
 import time
-from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.gradcam_location import restore  # noqa: E402
+from benchmarks.ordinal_decision import labelled_films  # noqa: E402
 from components import features  # noqa: E402
 
 features.select_keras_2()  # before TensorFlow is imported
@@ -34,33 +34,6 @@ logger = logging.getLogger("tta_decision")
 _BATCH = 32
 # Rebuilt and served probabilities may differ by float32 rounding only.
 _MAX_SERVED_DIFFERENCE = 1e-4
-
-
-def _rebuilt_model(model_dir: str):
-    """(Keras model with the export's weights, its ModelConfig, its training stats).
-
-    Raises:
-      SystemExit: no usable training record, or the export's variables do not fit the
-        model its record describes.
-    """
-    from components.model import build_model
-    from components.model_config import ModelConfig
-
-    record = os.path.join(model_dir, "assets.extra", "training_history.json")
-    try:
-        with open(record) as f:
-            stats = json.load(f)["stats"]
-        # The backbone's ImageNet file is not needed: every weight comes from the export.
-        config = ModelConfig.from_dict({**stats["config"], "weights": "none"})
-    except (OSError, KeyError, ValueError) as e:
-        raise SystemExit(f"{model_dir}: no usable training record ({record}): {e}")
-    model = build_model(config)
-    status = model.load_weights(os.path.join(model_dir, "variables", "variables"))
-    try:
-        status.expect_partial().assert_existing_objects_matched()
-    except AssertionError as e:
-        raise SystemExit(f"{model_dir}: its variables do not fit the model of its record: {e}")
-    return model, config, stats
 
 
 def _logits(model, config, model_dir: str, paths: list):
@@ -146,21 +119,16 @@ def main(argv=None) -> int:
     import numpy as np
     from scipy.special import softmax
 
-    from components import atomic_dir, ingest_sources
+    from components import atomic_dir, export
 
-    try:
-        films = [(item.path, item.grade)
-                 for item in ingest_sources.scan_folders(Path(args.images)).items]
-    except (OSError, ingest_sources.IngestError) as e:
-        parser.error(f"--images {args.images}: {e}")
-    if not films:
-        parser.error(f"--images {args.images}: no films in <grade>/ folders")
+    films = labelled_films(args.images)
     labels = np.array([grade for _, grade in films])
     paths = [str(path) for path, _ in films]
 
     results = []
     for model_dir in args.model:
-        model, config, stats = _rebuilt_model(model_dir)
+        model, config = restore(model_dir)
+        stats = export.read_training_record(model_dir)["stats"]
         plain, mirrored, served, seconds = _logits(model, config, model_dir, paths)
         tta = (plain + mirrored) / 2.0
         as_served = tta if config.tta else plain
