@@ -37,9 +37,8 @@ _MAX_SERVED_DIFFERENCE = 1e-4
 
 
 def _logits(model, config, model_dir: str, paths: list):
-    """float64 [N, K] logits of the films as given and of their mirrors, the CPU seconds
-    each took, and the largest difference between the rebuilt and the served
-    probabilities."""
+    """float64 [N, K] logits of the films as given and of their mirrors, float32 [N, K]
+    probabilities the export serves for them, and the CPU seconds of each pass."""
     import numpy as np
     import tensorflow as tf
 
