@@ -35,6 +35,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks.ordinal_decision import encoded_batches  # noqa: E402
 from components import features  # noqa: E402
 
 features.select_keras_2()  # before TensorFlow is imported
@@ -126,11 +127,7 @@ def _candidates(model, config, pushed, films, explain):
     size = (config.image_size, config.image_size)
     scores, contrast = {}, {}
     worst = {"probabilities": 0.0, "last_block_gradcam_vs_served": 0.0}
-    for start in range(0, len(films), BATCH):
-        batch = []
-        for path in films[start:start + BATCH]:
-            with open(path, "rb") as f:
-                batch.append(f.read())
+    for start, batch in encoded_batches(films, BATCH):
         out = served(image_bytes=tf.constant(batch))
         images, _ = preprocessing.preprocess_with_checks(
             tf.constant(batch), config.image_size, config.equalisation)

@@ -48,6 +48,16 @@ def labelled_films(root: str) -> list:
     return films
 
 
+def encoded_batches(paths: list, batch_size: int = _BATCH):
+    """Yields (start index, list of the encoded file bytes) for `batch_size` files at a time."""
+    for start in range(0, len(paths), batch_size):
+        batch = []
+        for path in paths[start:start + batch_size]:
+            with open(path, "rb") as f:
+                batch.append(f.read())
+        yield start, batch
+
+
 def serve_films(serve, paths: list) -> dict:
     """Runs a serving signature (image bytes -> outputs) over image files, _BATCH at a time.
 
@@ -58,11 +68,7 @@ def serve_films(serve, paths: list) -> dict:
     import tensorflow as tf
 
     batches = []
-    for start in range(0, len(paths), _BATCH):
-        images = []
-        for path in paths[start:start + _BATCH]:
-            with open(path, "rb") as f:
-                images.append(f.read())
+    for start, images in encoded_batches(paths):
         out = serve(**{features.SERVING_INPUT: tf.constant(images)})
         batches.append({name: value.numpy() for name, value in out.items()})
         logger.info("%d/%d films", min(start + _BATCH, len(paths)), len(paths))

@@ -25,7 +25,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.gradcam_location import restore  # noqa: E402
-from benchmarks.ordinal_decision import labelled_films  # noqa: E402
+from benchmarks.ordinal_decision import encoded_batches, labelled_films  # noqa: E402
 from components import features  # noqa: E402
 
 features.select_keras_2()  # before TensorFlow is imported
@@ -51,11 +51,7 @@ def _logits(model, config, model_dir: str, paths: list):
     serve = tf.saved_model.load(model_dir).signatures[features.SERVING_SIGNATURE]
     plain, mirrored, served = [], [], []
     seconds = {"plain": 0.0, "mirror": 0.0}
-    for start in range(0, len(paths), _BATCH):
-        encoded = []
-        for path in paths[start:start + _BATCH]:
-            with open(path, "rb") as f:
-                encoded.append(f.read())
+    for start, encoded in encoded_batches(paths, _BATCH):
         encoded = tf.constant(encoded)
         images = preprocessing.preprocess_images(encoded, config.image_size,
                                                  config.equalisation)
