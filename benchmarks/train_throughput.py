@@ -13,6 +13,10 @@ and glibc returns them to the kernel, so each step pays page faults for them aga
         --config 0.35,224,float32,tcmalloc --config 0.35,224,float32,tcmalloc,27 \\
         --config 1.0,224,float32,tcmalloc
 
+The children inherit TF_ENABLE_ONEDNN_OPTS (TensorFlow leaves oneDNN off on AMD CPUs; set it
+to 1 to measure oneDNN's kernels, which `mixed_bfloat16` needs for AVX-512 BF16); the JSON
+records its value.
+
 Writes build/benchmarks/train_throughput.json.
 """
 
@@ -114,6 +118,7 @@ def main(argv=None):
     atomic_dir.write_json(args.out, {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "cpu_cores": len(os.sched_getaffinity(0)), "batch": args.batch, "steps": args.steps,
+        "TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
         "results": results})
     return 0
 
