@@ -45,6 +45,43 @@ def test_cross_fitted_estimate_scores_unseen_halves():
     assert estimate["min_recall"] > grade_offsets.recalls(logits.argmax(1), labels, 3).min()
 
 
+def test_cross_fitted_one_halving_fits_each_half_and_scores_the_other():
+    logits, labels = _under_called_grade(seed=3)
+    half = grade_offsets.stratified_half(labels, seed=5)
+    predicted = np.empty(labels.size, dtype=np.int64)
+    for fit_on in (half, ~half):
+        offsets = grade_offsets.fit(logits[fit_on], labels[fit_on], 0.6)
+        predicted[~fit_on] = (logits[~fit_on] + offsets).argmax(1)
+
+    estimate = grade_offsets.cross_fitted(logits, labels, 0.6, seed=5, halvings=1)
+
+    assert estimate["accuracy"] == pytest.approx(np.mean(predicted == labels))
+    assert estimate["min_recall"] == pytest.approx(
+        grade_offsets.recalls(predicted, labels, 3).min())
+    assert estimate["accuracy_sd"] == 0.0
+
+
+def test_cross_fitted_averages_consecutive_halvings():
+    logits, labels = _under_called_grade(seed=4)
+    single = [grade_offsets.cross_fitted(logits, labels, 0.6, seed=seed, halvings=1)
+              for seed in (7, 8, 9)]
+
+    estimate = grade_offsets.cross_fitted(logits, labels, 0.6, seed=7, halvings=3)
+
+    accuracies = [s["accuracy"] for s in single]
+    assert len(set(accuracies)) > 1  # the halvings differ, so the mean is a real average
+    assert estimate["halvings"] == 3
+    assert estimate["accuracy"] == pytest.approx(np.mean(accuracies))
+    assert estimate["accuracy_sd"] == pytest.approx(np.std(accuracies))
+    assert estimate["min_recall"] == pytest.approx(np.mean([s["min_recall"] for s in single]))
+
+
+def test_cross_fitted_refuses_no_halvings():
+    logits, labels = _under_called_grade()
+    with pytest.raises(grade_offsets.OffsetError, match="halvings"):
+        grade_offsets.cross_fitted(logits, labels, 0.6, halvings=0)
+
+
 @pytest.mark.parametrize("logits, labels, floor, message", [
     (np.zeros((3, 5)), np.zeros(2), 0.5, "N labels"),
     (np.zeros((0, 5)), np.zeros(0), 0.5, "N labels"),

@@ -118,3 +118,4 @@ def test_exported_grade_offsets_give_the_recalls_the_trainer_fitted(pipeline_run
                                atol=1e-6)
     assert reported["accuracy"] == pytest.approx(stats["val_accuracy_offsets"], abs=1e-6)
     assert 0.0 <= stats["val_accuracy_offsets_cross_fitted"] <= 1.0
+    assert stats["val_accuracy_offsets_cross_fitted_sd"] >= 0.0
