@@ -76,6 +76,23 @@ class OrdinalLogits(keras.layers.Layer):
         return {**super().get_config(), "num_grades": self.num_grades}
 
 
+class AvgMaxPooling(keras.layers.Layer):
+    """Global average and global maximum of a feature map, side by side.
+
+    float32 [N, H, W, C] -> [N, 2C] (averages first). The average describes the whole film;
+    the maximum keeps the strongest local response of each channel (an osteophyte, a
+    narrowed joint space), which the average over the H x W cells dilutes. Concatenated
+    average and max pooling as in fast.ai's AdaptiveConcatPool2d.
+    """
+
+    def call(self, inputs):
+        return tf.concat([tf.reduce_mean(inputs, axis=[1, 2]),
+                          tf.reduce_max(inputs, axis=[1, 2])], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        return tf.TensorShape([input_shape[0], 2 * input_shape[-1]])
+
+
 class RandomGamma(keras.__internal__.layers.BaseRandomLayer):
     """Random gamma correction of intensities in [0, 1]; the identity unless training.
 
@@ -157,7 +174,8 @@ def build_model(config: ModelConfig) -> keras.Model:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = config.bn_momentum
     x = backbone(x)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = (AvgMaxPooling(name="pool") if config.pooling == "avg_max"
+         else keras.layers.GlobalAveragePooling2D(name="pool"))(x)
     x = keras.layers.Dropout(config.dropout, seed=config.seed, name="dropout")(x)
     if config.head == "ordinal":
         logits = OrdinalLogits(features.NUM_GRADES, name=LOGITS)(x)

@@ -10,6 +10,7 @@ from typing import Dict
 from components import features
 
 HEADS = ("softmax", "ordinal")
+POOLINGS = ("avg", "avg_max")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +39,9 @@ class ModelConfig:
       seed: random seed for initialisation, shuffling and augmentation.
       head: "softmax" (5 free logits) or "ordinal" (cumulative-link: one severity score
         and 4 ordered cut-points, turned into 5 probabilities in the graph).
+      pooling: how the last feature map [S/32, S/32, 1280] becomes the head's features:
+        "avg" (global average, 1280) or "avg_max" (global average and global maximum side
+        by side, 2560).
       calibrate: fit a softmax temperature on the validation split after training and
         export it (the served probabilities are the calibrated ones).
       ood_percentile: validation-distance percentile used as the out-of-distribution
@@ -90,6 +94,7 @@ class ModelConfig:
     class_balance: str = "weights"
     seed: int = 42
     head: str = "softmax"
+    pooling: str = "avg"
     calibrate: bool = True
     ood_percentile: float = 99.0
     ordinal_smoothing: float = 0.0
@@ -132,6 +137,8 @@ class ModelConfig:
                              "with none it would draw the grades as they come")
         if config.head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {config.head!r}")
+        if config.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {config.pooling!r}")
         if not 0.0 < config.ood_percentile <= 100.0:
             raise ValueError(f"ood_percentile must be in (0, 100], got {config.ood_percentile}")
         if not 0.0 <= config.ordinal_smoothing < 1.0:

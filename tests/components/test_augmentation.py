@@ -1,5 +1,6 @@
 """Training-only augmentation options: mixup (`model.mixup_alpha`) and random gamma
-(`model.augment_gamma`), and that their defaults leave training as it was."""
+(`model.augment_gamma`), and that their defaults leave training as it was; a model with
+another pooling (`model.pooling`) through the same train, post-hoc fit and export."""
 
 import dataclasses
 
@@ -200,3 +201,29 @@ def test_mixup_and_gamma_leave_the_served_outputs_unchanged(tmp_path, pipeline_r
         else:
             np.testing.assert_allclose(served[name].numpy(), value.numpy(), rtol=1e-5,
                                        atol=1e-6)
+
+
+def test_avg_max_pooling_model_trains_exports_and_serves(tmp_path, pipeline_run):
+    size = pipeline_run.params.model.image_size
+    tft_output = tft.TFTransformOutput(pipeline_run.record.outputs["Transform.transform_graph"])
+    pngs = [path.read_bytes() for path in sorted(pipeline_run.data_dir.rglob("*.png"))[:10]]
+    transformed = tft_output.transform_features_layer()(
+        {features.IMAGE_KEY: tf.reshape(tf.constant(pngs), [-1, 1])})
+    labels = tf.constant([g % 5 for g in range(len(pngs))], tf.int64)
+    ds = tf.data.Dataset.from_tensor_slices(({KEY: transformed[KEY]}, labels)).batch(4)
+    config = ModelConfig(image_size=size, weights="none", head_epochs=0, finetune_epochs=1,
+                         batch_size=4, pooling="avg_max", tta=True)
+
+    trained, history, _ = train.train(config, ds, ds, None, len(pngs))
+    post_hoc.fit(trained, config, ds, ds)
+    expected = export._serving_signatures(trained, tft_output, tta=True)[
+        features.SERVING_SIGNATURE](tf.constant(pngs))
+    export.export(trained, tft_output, str(tmp_path / "model"), history, {})
+
+    served = tf.saved_model.load(str(tmp_path / "model")).signatures[
+        features.SERVING_SIGNATURE](**{features.SERVING_INPUT: tf.constant(pngs)})
+    probabilities = served[features.PROBABILITIES_OUTPUT].numpy()
+    assert probabilities.shape == (len(pngs), features.NUM_GRADES)
+    np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(probabilities,
+                               expected[features.PROBABILITIES_OUTPUT].numpy(), atol=1e-5)

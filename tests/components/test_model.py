@@ -51,6 +51,7 @@ def test_class_weights_refuse_a_missing_grade():
     ({"select_fraction": -0.1}, "select_fraction"),
     ({"early_stopping_patience": -1}, "early_stopping_patience"),
     ({"early_stopping_patience": 3}, "needs select_fraction"),
+    ({"pooling": "max"}, "pooling must be one of"),
 ])
 def test_invalid_model_config_is_named(values, message):
     with pytest.raises(ValueError, match=message):
@@ -176,3 +177,17 @@ def test_fine_tune_options_train_and_the_schedule_warms_up():
     assert float(schedule(0)) == pytest.approx(0.0)
     assert float(schedule(2)) == pytest.approx(config.finetune_lr, rel=1e-5)
     assert float(schedule(3)) < config.finetune_lr
+
+
+def test_avg_max_pooling_puts_the_average_beside_the_maximum():
+    net = model.build_model(ModelConfig(image_size=64, weights="none", pooling="avg_max"))
+    images = tf.constant(np.random.default_rng(4).random((3, 64, 64, 1)), tf.float32)
+    feature_map, pooled, logits = model.features_and_logits(net, images)
+    maps = feature_map.numpy()
+    channels = maps.shape[-1]
+    assert pooled.shape == (3, 2 * channels) and logits.shape == (3, features.NUM_GRADES)
+    np.testing.assert_allclose(pooled[:, :channels], maps.mean(axis=(1, 2)), rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(pooled[:, channels:], maps.max(axis=(1, 2)), rtol=1e-6)
+    # The head reads both halves.
+    assert net.get_layer(model.LOGITS).kernel.shape == (2 * channels, features.NUM_GRADES)
