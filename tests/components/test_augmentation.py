@@ -167,8 +167,10 @@ def test_defaults_train_exactly_as_a_plain_keras_fit():
                    for a, b in zip(mixed.get_weights(), reference.get_weights()))
 
 
-def test_mixup_and_gamma_leave_the_served_outputs_unchanged(tmp_path, pipeline_run):
-    # The session pipeline run's Transform graph: the real preprocessing, analysed once.
+def _session_films(pipeline_run):
+    """(image size, Transform output, 10 PNG films, their transformed dataset in batches
+    of 4 with grades 0..4 in turn) from the session pipeline run: the real preprocessing,
+    analysed once."""
     size = pipeline_run.params.model.image_size
     tft_output = tft.TFTransformOutput(pipeline_run.record.outputs["Transform.transform_graph"])
     pngs = [path.read_bytes() for path in sorted(pipeline_run.data_dir.rglob("*.png"))[:10]]
@@ -176,6 +178,11 @@ def test_mixup_and_gamma_leave_the_served_outputs_unchanged(tmp_path, pipeline_r
         {features.IMAGE_KEY: tf.reshape(tf.constant(pngs), [-1, 1])})
     labels = tf.constant([g % 5 for g in range(len(pngs))], tf.int64)
     ds = tf.data.Dataset.from_tensor_slices(({KEY: transformed[KEY]}, labels)).batch(4)
+    return size, tft_output, pngs, ds
+
+
+def test_mixup_and_gamma_leave_the_served_outputs_unchanged(tmp_path, pipeline_run):
+    size, tft_output, pngs, ds = _session_films(pipeline_run)
 
     config = ModelConfig(image_size=size, weights="none", head_epochs=0, finetune_epochs=1,
                          batch_size=4, mixup_alpha=0.4, augment_gamma=0.3)
@@ -204,13 +211,7 @@ def test_mixup_and_gamma_leave_the_served_outputs_unchanged(tmp_path, pipeline_r
 
 
 def test_avg_max_pooling_model_trains_exports_and_serves(tmp_path, pipeline_run):
-    size = pipeline_run.params.model.image_size
-    tft_output = tft.TFTransformOutput(pipeline_run.record.outputs["Transform.transform_graph"])
-    pngs = [path.read_bytes() for path in sorted(pipeline_run.data_dir.rglob("*.png"))[:10]]
-    transformed = tft_output.transform_features_layer()(
-        {features.IMAGE_KEY: tf.reshape(tf.constant(pngs), [-1, 1])})
-    labels = tf.constant([g % 5 for g in range(len(pngs))], tf.int64)
-    ds = tf.data.Dataset.from_tensor_slices(({KEY: transformed[KEY]}, labels)).batch(4)
+    size, tft_output, pngs, ds = _session_films(pipeline_run)
     config = ModelConfig(image_size=size, weights="none", head_epochs=0, finetune_epochs=1,
                          batch_size=4, pooling="avg_max", tta=True)
 
