@@ -39,6 +39,17 @@ def test_graph_distance_equals_numpy_mahalanobis():
                                by_hand, rtol=1e-4)
 
 
+def test_numpy_distance_equals_mahalanobis_by_hand_across_chunks(monkeypatch):
+    monkeypatch.setattr(ood, "_CHUNK", 7)  # 20 rows: three chunks, the last one short
+    rng = np.random.default_rng(2)
+    means = rng.normal(size=(3, 6))
+    a = rng.normal(size=(6, 6))
+    precision = a @ a.T + np.eye(6)
+    x = rng.normal(size=(20, 6)) * 2
+    by_hand = [min(np.sqrt((v - m) @ precision @ (v - m)) for m in means) for v in x]
+    np.testing.assert_allclose(ood._distances(x, means, precision), by_hand, rtol=1e-10)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"train_labels": np.zeros(3)}, "labels"),
     ({"eval_features": np.zeros((0, 4))}, "no validation"),
