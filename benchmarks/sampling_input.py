@@ -35,24 +35,6 @@ features.select_keras_2()  # before TensorFlow is imported
 logger = logging.getLogger("sampling_input")
 
 
-def _fn_args(examples_uri: str):
-    """The train/eval files and data accessor the TFX Trainer hands run_fn."""
-    from types import SimpleNamespace
-
-    from tfx.components.trainer.fn_args_utils import DataAccessor
-    from tfx.components.util import tfxio_utils
-    from tfx.types import artifact_utils, standard_artifacts
-
-    examples = standard_artifacts.Examples()
-    examples.uri = examples_uri
-    examples.split_names = artifact_utils.encode_split_names(["train", "eval"])
-    factory = tfxio_utils.get_tf_dataset_factory_from_artifact([examples], [])
-    files = {split: [os.path.join(examples_uri, f"Split-{split}", "*")]
-             for split in ("train", "eval")}
-    return SimpleNamespace(train_files=files["train"], eval_files=files["eval"],
-                           data_accessor=DataAccessor(factory, None, None))
-
-
 def _passes(dataset, passes: int, label: str) -> list:
     """images/s of each full pass over `dataset` (one Python iterator per pass)."""
     rates = []
@@ -94,7 +76,7 @@ def main(argv=None) -> int:
 
     config = ModelConfig(batch_size=args.batch, class_weighting=args.class_weighting,
                          class_balance="sampling")
-    train_ds, _, _, counts = train.datasets(_fn_args(args.examples),
+    train_ds, _, _, counts = train.datasets(train.fn_args_for(args.examples),
                                             tft.TFTransformOutput(args.transform_graph),
                                             config)
     sampled = train.class_sampled_dataset(

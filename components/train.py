@@ -284,6 +284,36 @@ def datasets(fn_args, tf_transform_output, config: ModelConfig):
     return train_ds, eval_ds, select_ds, counts
 
 
+def fn_args_for(transformed_examples_uri: str):
+    """The parts of TFX's FnArgs that `datasets` reads, for a Transform output read
+    outside the Trainer (benchmarks, tests): `train_files` and `eval_files` (one glob each
+    over Split-train and Split-eval) and a `data_accessor` built the way the Trainer
+    builds it (tfx.components.util.tfxio_utils).
+
+    Raises:
+      ValueError: the directory has no Split-train or Split-eval.
+    """
+    from types import SimpleNamespace
+
+    from tfx.components.trainer.fn_args_utils import DataAccessor
+    from tfx.components.util import tfxio_utils
+    from tfx.types import artifact_utils, standard_artifacts
+
+    missing = [split for split in ("train", "eval") if not os.path.isdir(
+        os.path.join(transformed_examples_uri, f"Split-{split}"))]
+    if missing:
+        raise ValueError(f"{transformed_examples_uri} is not a Transform output with train "
+                         f"and eval splits: no Split-{', Split-'.join(missing)}")
+    examples = standard_artifacts.Examples()
+    examples.uri = transformed_examples_uri
+    examples.split_names = artifact_utils.encode_split_names(["train", "eval"])
+    factory = tfxio_utils.get_tf_dataset_factory_from_artifact([examples], [])
+    files = {split: [os.path.join(transformed_examples_uri, f"Split-{split}", "*")]
+             for split in ("train", "eval")}
+    return SimpleNamespace(train_files=files["train"], eval_files=files["eval"],
+                           data_accessor=DataAccessor(factory, None, None))
+
+
 def _label_counts(dataset: tf.data.Dataset) -> List[int]:
     counts = [0] * features.NUM_GRADES
     for _, labels in dataset:

@@ -23,24 +23,6 @@ def test_selection_split_is_a_stable_share_of_patients():
     assert not train.in_selection_split(ids, 0.0).numpy().any()
 
 
-def _fn_args(transformed_examples_uri):
-    """What the TFX Trainer hands run_fn, for the session pipeline's Transform output."""
-    from types import SimpleNamespace
-
-    from tfx.components.trainer.fn_args_utils import DataAccessor
-    from tfx.components.util import tfxio_utils
-    from tfx.types import artifact_utils, standard_artifacts
-
-    examples = standard_artifacts.Examples()
-    examples.uri = transformed_examples_uri
-    examples.split_names = artifact_utils.encode_split_names(["train", "eval"])
-    factory = tfxio_utils.get_tf_dataset_factory_from_artifact([examples], [])
-    files = {split: os.path.join(transformed_examples_uri, f"Split-{split}", "*")
-             for split in ("train", "eval")}
-    return SimpleNamespace(train_files=[files["train"]], eval_files=[files["eval"]],
-                           data_accessor=DataAccessor(factory, None, None))
-
-
 def _train_patients(transformed_examples_uri):
     """Patient id of every transformed training example, in file order."""
     files = sorted(glob.glob(os.path.join(transformed_examples_uri, "Split-train", "*")))
@@ -57,7 +39,7 @@ def test_selection_split_holds_out_whole_patients_from_fitting(pipeline_run):
     uri = outputs["Transform.transformed_examples"]
     tft_output = tft.TFTransformOutput(outputs["Transform.transform_graph"])
     config = ModelConfig(image_size=64, batch_size=16, select_fraction=0.3)
-    train_ds, eval_ds, select_ds, counts = train.datasets(_fn_args(uri), tft_output, config)
+    train_ds, eval_ds, select_ds, counts = train.datasets(train.fn_args_for(uri), tft_output, config)
 
     patients = _train_patients(uri)
     held = train.in_selection_split(tf.constant(patients), 0.3).numpy()
@@ -71,12 +53,12 @@ def test_selection_split_holds_out_whole_patients_from_fitting(pipeline_run):
 
     # Without a selection split every training film fits, and there is no select_ds.
     all_ds, _, none, all_counts = train.datasets(
-        _fn_args(uri), tft_output, ModelConfig(image_size=64, batch_size=16))
+        train.fn_args_for(uri), tft_output, ModelConfig(image_size=64, batch_size=16))
     assert none is None and sum(all_counts) == len(patients)
 
     # A share too small for the patients there are is refused, by name.
     with pytest.raises(ValueError, match="set aside no training patient"):
-        train.datasets(_fn_args(uri), tft_output,
+        train.datasets(train.fn_args_for(uri), tft_output,
                        ModelConfig(image_size=64, batch_size=16, select_fraction=0.001))
 
 
@@ -92,6 +74,12 @@ def _brightness_set(reverse: bool, seed: int):
 
 
 @pytest.mark.slow  # real (tiny) training runs
+def test_fn_args_for_a_directory_without_splits_names_the_missing_ones(tmp_path):
+    (tmp_path / "Split-train").mkdir()
+    with pytest.raises(ValueError, match="no Split-eval"):
+        train.fn_args_for(str(tmp_path))
+
+
 def test_best_selection_epoch_is_restored_and_patience_stops_training():
     # The selection films carry the reversed grades: the better the model fits, the worse
     # it scores there, so the selection loss rises and training should stop early.
