@@ -39,7 +39,8 @@ def test_selection_split_holds_out_whole_patients_from_fitting(pipeline_run):
     uri = outputs["Transform.transformed_examples"]
     tft_output = tft.TFTransformOutput(outputs["Transform.transform_graph"])
     config = ModelConfig(image_size=64, batch_size=16, select_fraction=0.3)
-    train_ds, eval_ds, select_ds, counts = train.datasets(train.fn_args_for(uri), tft_output, config)
+    train_ds, eval_ds, select_ds, counts = train.datasets(train.fn_args_for(uri), tft_output,
+                                                          config)
 
     patients = _train_patients(uri)
     held = train.in_selection_split(tf.constant(patients), 0.3).numpy()
@@ -62,6 +63,12 @@ def test_selection_split_holds_out_whole_patients_from_fitting(pipeline_run):
                        ModelConfig(image_size=64, batch_size=16, select_fraction=0.001))
 
 
+def test_fn_args_for_a_directory_without_splits_names_the_missing_ones(tmp_path):
+    (tmp_path / "Split-train").mkdir()
+    with pytest.raises(ValueError, match="no Split-eval"):
+        train.fn_args_for(str(tmp_path))
+
+
 def _brightness_set(reverse: bool, seed: int):
     """Images whose brightness encodes the grade (reversed for `reverse`)."""
     rng = np.random.default_rng(seed)
@@ -74,12 +81,6 @@ def _brightness_set(reverse: bool, seed: int):
 
 
 @pytest.mark.slow  # real (tiny) training runs
-def test_fn_args_for_a_directory_without_splits_names_the_missing_ones(tmp_path):
-    (tmp_path / "Split-train").mkdir()
-    with pytest.raises(ValueError, match="no Split-eval"):
-        train.fn_args_for(str(tmp_path))
-
-
 def test_best_selection_epoch_is_restored_and_patience_stops_training():
     # The selection films carry the reversed grades: the better the model fits, the worse
     # it scores there, so the selection loss rises and training should stop early.
