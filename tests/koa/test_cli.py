@@ -2,9 +2,12 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
 
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,6 +58,29 @@ def test_dvc_stages_are_valid(tmp_path):
     assert result.returncode == 0, result.stderr
     for stage in ("ingest", "pipeline", "report"):
         assert stage in result.stdout
+
+
+def test_dvc_stages_run_the_code_of_the_directory_they_run_in(tmp_path):
+    # Queued and temporary experiments run their stages in a copy of the repository
+    # (.dvc/tmp/exps/...): the commands must import that copy, not the installed checkout,
+    # or an edit made while a run waits in the queue would change what it trains.
+    copy = tmp_path / "exp"
+    for package in ("components", "koa"):
+        shutil.copytree(REPO / package, copy / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    # In the copy, `koa.cli` only says which `components` it imported.
+    (copy / "koa" / "cli.py").write_text(
+        "import sys\nimport components\n"
+        "if __name__ == '__main__':\n    print(components.__file__)\n    sys.exit(0)\n")
+    with open(REPO / "dvc.yaml") as f:
+        stages = yaml.safe_load(f)["stages"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    for name, stage in stages.items():
+        result = subprocess.run(stage["cmd"], shell=True, cwd=copy, env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, f"stage {name}: {result.stderr[-2000:]}"
+        assert result.stdout.strip() == str(copy / "components" / "__init__.py"), name
 
 
 def test_exp_args_print_what_dvc_exp_run_needs(tmp_path):
