@@ -34,6 +34,7 @@ class ChildProcess:
                  log_path: Optional[str] = None, cwd: Optional[str] = None):
         self.what = what
         self.log_path = log_path
+        self._terminated = False
         self._log = open(log_path, "wb") if log_path else None  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(
             list(argv), env=None if env is None else dict(env), cwd=cwd,
@@ -71,12 +72,18 @@ class ChildProcess:
         raise StartError(f"{self.what} did not become ready within {timeout:.0f}s{self._tail()}")
 
     def terminate(self) -> None:
-        """Asks for a graceful shutdown (SIGTERM)."""
-        if self.proc.poll() is None:
+        """Asks for a graceful shutdown (SIGTERM), once.
+
+        A second SIGTERM could reach the child after its handler finished the shutdown,
+        while Python is finalising with the default handlers back, and kill it (−15).
+        """
+        if self.proc.poll() is None and not self._terminated:
             self.proc.send_signal(signal.SIGTERM)
+            self._terminated = True
 
     def stop(self, timeout: float = 60.0) -> int:
-        """SIGTERM, then SIGKILL after `timeout` seconds; returns the exit status."""
+        """SIGTERM unless already sent, then SIGKILL after `timeout` seconds; returns the
+        exit status."""
         self.terminate()
         try:
             code = self.proc.wait(timeout)
