@@ -19,8 +19,9 @@ its training record, with the SavedModel's variables restored into it. The rebui
 must reproduce the served probabilities (checked; the run stops if it does not) and the
 served heatmap (reported).
 
-It also times the heatmap's work at batch 1 for the pushed model's method and today's
-(`_latency`), alternating calls in the same run. Writes JSON.
+It also times the heatmap's work at batch 1 for the pushed model's method and the one its
+configuration serves (`model.heatmap_method` on `model.heatmap_layer`; `_latency`),
+alternating calls in the same run. Writes JSON.
 
     python benchmarks/gradcam_location.py --model serving_model/koa/<version> \\
         --images ../shared/data/kneeKL224-val --count 50
@@ -181,9 +182,10 @@ def _latency(model, config, film: bytes, calls: int):
 
     Image bytes -> the product's preprocessing -> `export.grade_heatmap` with the served
     decision (TTA, offsets, temperature), for the pushed model's heatmap (Grad-CAM on the
-    last block), today's (export.HEATMAP_METHOD on export.HEATMAP_LAYER) and LayerCAM on
-    the earlier LAYERS; and the same decision without a heatmap, for scale. The Transform
-    layer and the out-of-distribution outputs, alike in all, are left out.
+    last block), the configuration's (`config.heatmap_method` on `config.heatmap_layer`)
+    and LayerCAM on the earlier LAYERS; and the same decision without a heatmap, for
+    scale. The Transform layer and the out-of-distribution outputs, alike in all, are left
+    out.
     """
     import numpy as np
     import tensorflow as tf
@@ -218,7 +220,7 @@ def _latency(model, config, film: bytes, calls: int):
         return decide(images)(pooled, logits)[features.GRADE_OUTPUT]
 
     heatmaps = dict.fromkeys([(export.GRADCAM, "out_relu"),
-                              (export.HEATMAP_METHOD, export.HEATMAP_LAYER),
+                              (config.heatmap_method, config.heatmap_layer),
                               *((export.LAYERCAM, layer) for layer in LAYERS[1:])])
     functions = {f"{method}@{layer}": heatmap_function(layer, method)
                  for method, layer in heatmaps}
@@ -238,7 +240,7 @@ def _latency(model, config, film: bytes, calls: int):
     for name in functions:
         summary[name]["p50_ratio_to_pushed"] = summary[name]["p50_ms"] / pushed
     summary["pushed"] = f"{export.GRADCAM}@out_relu"
-    summary["today"] = f"{export.HEATMAP_METHOD}@{export.HEATMAP_LAYER}"
+    summary["today"] = f"{config.heatmap_method}@{config.heatmap_layer}"
     summary["calls"] = calls
     return summary
 

@@ -8,6 +8,7 @@ from typing import Callable, Dict, List
 import tensorflow as tf
 
 from components import features, ood
+from components.model_config import HEATMAP_METHODS, ModelConfig
 from components.model import (features_and_logits, tapped_backbone,
                               tapped_features_and_logits, with_tta)
 
@@ -15,14 +16,12 @@ keras = tf.keras
 
 _HISTORY_FILE = "training_history.json"
 
-GRADCAM = "gradcam"
-GRADCAM_PLUS_PLUS = "gradcam++"
-LAYERCAM = "layercam"
-HEATMAP_METHODS = (GRADCAM, GRADCAM_PLUS_PLUS, LAYERCAM)
-# The served heatmap: chosen on the real-data model by benchmarks/gradcam_location.py
-# (docs/model.md, "Grad-CAM"). MobileNetV2 layer names do not depend on its width.
-HEATMAP_LAYER = "block_12_add"
-HEATMAP_METHOD = LAYERCAM
+GRADCAM, GRADCAM_PLUS_PLUS, LAYERCAM = HEATMAP_METHODS
+# The served heatmap unless the configuration chooses another (`ModelConfig.heatmap_*`):
+# chosen on round 3's real-data model by benchmarks/gradcam_location.py (docs/model.md,
+# "Heatmap"). MobileNetV2 layer names do not depend on its width.
+HEATMAP_LAYER = ModelConfig.heatmap_layer
+HEATMAP_METHOD = ModelConfig.heatmap_method
 
 
 def class_activation_map(activations: tf.Tensor, gradients: tf.Tensor,
@@ -98,8 +97,13 @@ def grade_heatmap(model: keras.Model, tapped: keras.Model, images: tf.Tensor,
     return result, heatmap(cam, tf.shape(images)[1:3])
 
 
-def _serving_signatures(model: keras.Model, tf_transform_output, tta: bool) -> Dict:
+def _serving_signatures(model: keras.Model, tf_transform_output, tta: bool,
+                        heatmap_method: str = HEATMAP_METHOD,
+                        heatmap_layer: str = HEATMAP_LAYER) -> Dict:
     """The exported signatures; all run the Transform graph, then the trained model.
+
+    The `gradcam` signature serves `heatmap_method` (one of HEATMAP_METHODS) on the
+    backbone layer `heatmap_layer`.
 
     Needs `post_hoc.fit` to have run: every signature returns calibrated probabilities
     (of the grade-offset logits, averaged with the mirror's under `tta`) and the
@@ -143,12 +147,12 @@ def _serving_signatures(model: keras.Model, tf_transform_output, tta: bool) -> D
 
     # The heatmap's layer is inside the backbone: a view of it that also returns that
     # layer's activations (same variables), built once, outside the traced functions.
-    tapped = tapped_backbone(model, [HEATMAP_LAYER])
+    tapped = tapped_backbone(model, [heatmap_layer])
 
     @tf.function(input_signature=[image_input])
     def gradcam(image_bytes):
         """The outputs of `serve_images` plus `heatmap` float32 [N, S, S] in [0, 1]:
-        HEATMAP_METHOD on HEATMAP_LAYER for the returned grade's logit (before offsets and
+        `heatmap_method` on `heatmap_layer` for the returned grade's logit (before offsets and
         temperature) of the film as given; under TTA the grade is the averaged one, the
         mirror is not explained."""
         transformed = preprocess(image_bytes)
@@ -156,7 +160,8 @@ def _serving_signatures(model: keras.Model, tf_transform_output, tta: bool) -> D
         result, heat = grade_heatmap(
             model, tapped, images,
             lambda pooled, logits: outputs(pooled, with_tta(model, images, logits, tta),
-                                           transformed))
+                                           transformed),
+            heatmap_method)
         result[features.HEATMAP_OUTPUT] = heat
         return result
 
@@ -168,9 +173,16 @@ def _serving_signatures(model: keras.Model, tf_transform_output, tta: bool) -> D
 
 
 def export(model: keras.Model, tf_transform_output, export_dir: str,
-           history: Dict[str, List[float]], stats: Dict, tta: bool = False) -> None:
-    """Writes the SavedModel with its three signatures and the training record."""
-    signatures = _serving_signatures(model, tf_transform_output, tta)
+           history: Dict[str, List[float]], stats: Dict, tta: bool = False,
+           heatmap_method: str = HEATMAP_METHOD, heatmap_layer: str = HEATMAP_LAYER) -> None:
+    """Writes the SavedModel with its three signatures and the training record.
+
+    Raises:
+      ValueError: `heatmap_method` is not one of HEATMAP_METHODS, or `heatmap_layer` is
+        not a layer of the model's backbone.
+    """
+    signatures = _serving_signatures(model, tf_transform_output, tta, heatmap_method,
+                                     heatmap_layer)
     # save_traces=False: the signatures are all a server needs; tracing every layer's
     # call for Keras re-loading would double the export time.
     model.save(export_dir, save_format="tf", signatures=signatures, save_traces=False)

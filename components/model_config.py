@@ -11,6 +11,8 @@ from components import features
 
 HEADS = ("softmax", "ordinal")
 POOLINGS = ("avg", "avg_max")
+# Class activation maps the `gradcam` signature can serve (components/export.py).
+HEATMAP_METHODS = ("gradcam", "gradcam++", "layercam")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,6 +79,12 @@ class ModelConfig:
         is blended with a shuffled copy of itself, images and one-hot grades alike, with
         one weight lambda ~ Beta(mixup_alpha, mixup_alpha) per batch; at most 1.0 (uniform
         lambda). 0 = off. Needs batch_size >= 2.
+      heatmap_method: the class activation map the `gradcam` signature serves, one of
+        HEATMAP_METHODS (Grad-CAM, Grad-CAM++, LayerCAM; components/export.py).
+      heatmap_layer: the backbone layer it is computed on, a MobileNetV2 layer name
+        (e.g. "block_12_add", 14x14 at 224 px; "out_relu", the last block, 7x7). Which one
+        sits on the joint depends on the trained model: choose it with
+        benchmarks/gradcam_location.py on a model of the configuration.
     """
 
     image_size: int = 128
@@ -115,6 +123,8 @@ class ModelConfig:
     mixup_alpha: float = 0.0
     select_fraction: float = 0.0
     early_stopping_patience: int = 0
+    heatmap_method: str = "layercam"
+    heatmap_layer: str = "block_12_add"
 
     @classmethod
     def from_dict(cls, values: Dict) -> "ModelConfig":
@@ -181,6 +191,14 @@ class ModelConfig:
                              "reporting split must not choose when to stop")
         if config.tuner_trials < 1 or config.tuner_epochs < 1:
             raise ValueError("tuner_trials and tuner_epochs must be at least 1")
+        if config.heatmap_method not in HEATMAP_METHODS:
+            raise ValueError(f"heatmap_method must be one of {HEATMAP_METHODS}, "
+                             f"got {config.heatmap_method!r}")
+        # The layer's existence needs the built model: components/train.py checks it
+        # before training.
+        if not isinstance(config.heatmap_layer, str) or not config.heatmap_layer:
+            raise ValueError(f"heatmap_layer must name a backbone layer, "
+                             f"got {config.heatmap_layer!r}")
         return config
 
     def with_overrides(self, values: Dict) -> "ModelConfig":

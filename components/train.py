@@ -18,7 +18,7 @@ import tensorflow_transform as tft
 from tfx_bsl.public import tfxio
 
 from components import autograph_rules, export, features, post_hoc
-from components.model import BACKBONE, build_model
+from components.model import BACKBONE, build_model, tapped_backbone
 from components.model_config import ModelConfig
 
 keras = tf.keras
@@ -413,6 +413,9 @@ def train(config: ModelConfig, train_ds: tf.data.Dataset, eval_ds: tf.data.Datas
     autograph_rules.keep_autograph_out_of_tf_keras()
     keras.utils.set_random_seed(config.seed)
     model = build_model(config)
+    # Export computes the served heatmap on this layer: a wrong name fails now, not after
+    # hours of training.
+    tapped_backbone(model, [config.heatmap_layer])
     backbone = model.get_layer(BACKBONE)
     history: Dict[str, List[float]] = {}
     stats = {"train_seconds": 0.0, "train_images": 0}
@@ -513,5 +516,6 @@ def run_fn(fn_args) -> None:
     stats["config"] = dataclasses.asdict(config)
     stats["hardware"] = _hardware()
     export.export(model, tf_transform_output, fn_args.serving_model_dir, history, stats,
-           tta=config.tta)
+                  tta=config.tta, heatmap_method=config.heatmap_method,
+                  heatmap_layer=config.heatmap_layer)
     logger.info("exported SavedModel to %s", fn_args.serving_model_dir)

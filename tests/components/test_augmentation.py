@@ -1,6 +1,7 @@
 """Training-only augmentation options: mixup (`model.mixup_alpha`) and random gamma
 (`model.augment_gamma`), and that their defaults leave training as it was; a model with
-another pooling (`model.pooling`) through the same train, post-hoc fit and export."""
+another pooling (`model.pooling`) through the same train, post-hoc fit and export; the
+served heatmap's method and layer (`model.heatmap_method`, `model.heatmap_layer`)."""
 
 import dataclasses
 
@@ -228,3 +229,31 @@ def test_avg_max_pooling_model_trains_exports_and_serves(tmp_path, pipeline_run)
     np.testing.assert_allclose(probabilities.sum(1), 1.0, atol=1e-5)
     np.testing.assert_allclose(probabilities,
                                expected[features.PROBABILITIES_OUTPUT].numpy(), atol=1e-5)
+
+
+def test_the_configured_heatmap_layer_and_method_are_the_served_ones(tmp_path, pipeline_run):
+    size, tft_output, pngs, ds = _session_films(pipeline_run)
+    config = ModelConfig(image_size=size, weights="none", heatmap_method="gradcam",
+                         heatmap_layer="out_relu")
+    net = model.build_model(config)
+    post_hoc.fit(net, config, ds, ds)
+    export.export(net, tft_output, str(tmp_path / "model"), {}, {},
+                  heatmap_method=config.heatmap_method, heatmap_layer=config.heatmap_layer)
+
+    def heatmap_of(method, layer):
+        return export._serving_signatures(net, tft_output, False, method, layer)[
+            features.GRADCAM_SIGNATURE](tf.constant(pngs))[features.HEATMAP_OUTPUT].numpy()
+
+    served = tf.saved_model.load(str(tmp_path / "model")).signatures[
+        features.GRADCAM_SIGNATURE](**{features.SERVING_INPUT: tf.constant(pngs)})
+    served = served[features.HEATMAP_OUTPUT].numpy()
+    np.testing.assert_allclose(served, heatmap_of("gradcam", "out_relu"), atol=1e-5)
+    # The default heatmap is another map, so the comparison above can fail.
+    assert not np.allclose(served, heatmap_of(export.HEATMAP_METHOD, export.HEATMAP_LAYER),
+                           atol=1e-2)
+
+
+def test_a_heatmap_layer_the_backbone_lacks_fails_before_training():
+    config = ModelConfig(image_size=64, weights="none", heatmap_layer="block_99_add")
+    with pytest.raises(ValueError, match="block_99_add"):
+        train.train(config, None, None, None, 8)

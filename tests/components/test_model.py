@@ -52,6 +52,8 @@ def test_class_weights_refuse_a_missing_grade():
     ({"early_stopping_patience": -1}, "early_stopping_patience"),
     ({"early_stopping_patience": 3}, "needs select_fraction"),
     ({"pooling": "max"}, "pooling must be one of"),
+    ({"heatmap_method": "saliency"}, "heatmap_method must be one of"),
+    ({"heatmap_layer": ""}, "heatmap_layer must name"),
 ])
 def test_invalid_model_config_is_named(values, message):
     with pytest.raises(ValueError, match=message):
