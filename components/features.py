@@ -94,6 +94,10 @@ REASON_UNLIKE_TRAINING = "unlike_training_films"  # backbone features far from t
 OOD_REASONS = (REASON_BLANK, REASON_COLOUR, REASON_TOO_SMALL, REASON_INVERTED, REASON_ROTATED,
                REASON_UNLIKE_TRAINING)
 
+# Class activation maps the `gradcam` signature can serve (`model.heatmap_method`), and the
+# names users read for them (Selvaraju 2017; Chattopadhay 2018; Jiang 2021).
+HEATMAP_METHOD_NAMES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "layercam": "LayerCAM"}
+
 # Files that travel with a pushed SavedModel (TF Serving ignores this folder):
 # <model_base_path>/<version>/assets.extra/model_card.json, written by the pusher and read
 # by the web app.

@@ -12,7 +12,7 @@ from components import features
 HEADS = ("softmax", "ordinal")
 POOLINGS = ("avg", "avg_max")
 # Class activation maps the `gradcam` signature can serve (components/export.py).
-HEATMAP_METHODS = ("gradcam", "gradcam++", "layercam")
+HEATMAP_METHODS = tuple(features.HEATMAP_METHOD_NAMES)
 
 
 @dataclasses.dataclass(frozen=True)

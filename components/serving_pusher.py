@@ -3,7 +3,8 @@
 TFX's Pusher copies files straight into `<base>/<version>/`, so a server polling the
 base path can see a half-copied version, and it records neither the evaluation nor the
 lineage. This component stages the copy in a hidden sibling directory, writes
-`assets.extra/model_card.json` (metrics, training history, lineage) and `assets.extra/tf_serving_warmup_requests` (one request TF Serving and our
+`assets.extra/model_card.json` (metrics, training history, lineage, decision rule, served
+heatmap) and `assets.extra/tf_serving_warmup_requests` (one request TF Serving and our
 server replay before the version serves, see `serving/warmup.py`), then renames the
 directory into place in one step. Versions are Unix seconds, always increasing.
 """
@@ -95,6 +96,13 @@ def _decision(stats: dict) -> dict:
         "ood_threshold": stats.get("ood_threshold"),
     }
 
+def _heatmap(stats: dict) -> dict:
+    """Which map the `gradcam` signature serves, from the training record (None for
+    models trained before the heatmap became a setting)."""
+    config = stats.get("config", {})
+    return {"method": config.get("heatmap_method"), "layer": config.get("heatmap_layer")}
+
+
 class ServingPusherSpec(ComponentSpec):
     """Inputs: model, blessing, evaluation. Parameters: destination and lineage."""
 
@@ -146,6 +154,7 @@ class Executor(tfx_pusher_executor.Executor):
                 "metrics": {k: v for k, v in grade_metrics.items() if k != "failures"},
                 "training_history": training.get("history", {}),
                 "decision": _decision(training.get("stats", {})),
+                "heatmap": _heatmap(training.get("stats", {})),
                 "lineage": {**json.loads(exec_properties["lineage"]),
                             "pipeline_run_id": self._context.pipeline_run_id
                             if self._context else None},

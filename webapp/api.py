@@ -69,7 +69,7 @@ def create_prediction():
 
     ``side`` (L or R; required unless the DICOM file records its laterality, which
     then wins) and ``study_reference`` (optional) come as form fields or query
-    arguments. ``?explain=true`` also computes the Grad-CAM heatmap (slower).
+    arguments. ``?explain=true`` also computes the heatmap (slower; ``heatmap_method`` says which).
     Returns 201 with the prediction, 400 for a bad image, side or reference (with
     ``field`` naming which), 503 (upload kept) when the model server is unavailable.
     """

@@ -179,6 +179,9 @@ def _apply_result(prediction: Prediction, image_row: PredictionImage, result) ->
     image_row.heatmap_png = (
         heatmap.overlay_png(result.heatmap) if result.heatmap is not None else None
     )
+    prediction.heatmap_method = (
+        model_card.heatmap_method(card) if result.heatmap is not None else None
+    )
 
 
 def _call_model(prediction: Prediction, image_row: PredictionImage, explain: bool) -> None:

@@ -2,7 +2,8 @@
 
 Layout: ``<model_base_path>/<version>/assets.extra/model_card.json`` with keys
 ``model_name``, ``version``, ``pushed_at``, ``metrics``, ``training_history``,
-``lineage``, ``thresholds`` and ``decision`` (how the grade is computed; see docs/webapp.md).
+``lineage``, ``thresholds``, ``decision`` (how the grade is computed) and ``heatmap``
+(the class activation map the model serves); see docs/webapp.md.
 """
 
 import json
@@ -51,7 +52,7 @@ def _check_schema(card: dict, path: str) -> None:
         isinstance(v, list) for v in history.values()
     ):
         raise ModelCardError(f"{path}: 'training_history' must map names to lists")
-    for key in ("lineage", "thresholds", "decision"):
+    for key in ("lineage", "thresholds", "decision", "heatmap"):
         if not isinstance(card.get(key, {}), dict):
             raise ModelCardError(f"{path}: '{key}' must be an object")
     _check_recorded_values(card, path)
@@ -66,6 +67,7 @@ def _check_recorded_values(card: dict, path: str) -> None:
         ("pushed_at", card.get("pushed_at"), columns.model_pushed_at),
         ("lineage.dvc_data_md5", lineage.get("dvc_data_md5"), columns.data_version),
         ("lineage.data_hash", lineage.get("data_hash"), columns.data_version),
+        ("heatmap.method", (card.get("heatmap") or {}).get("method"), columns.heatmap_method),
     ):
         if value is not None and (not isinstance(value, str) or len(value) > column.type.length):
             raise ModelCardError(
@@ -131,6 +133,18 @@ def data_version(card: Optional[dict]) -> Optional[str]:
     lineage = card.get("lineage") or {}
     value = lineage.get("dvc_data_md5") or lineage.get("data_hash")
     return str(value) if value else None
+
+
+def heatmap_method(card: Optional[dict]) -> Optional[str]:
+    """The class activation map the card's model serves, as the card names it
+    (``model.heatmap_method``: a key of ``components.features.HEATMAP_METHOD_NAMES``);
+    None when the card does not say. A method this web app has no display name for is
+    kept, and logged."""
+    method = ((card or {}).get("heatmap") or {}).get("method")
+    if method is not None and method not in features.HEATMAP_METHOD_NAMES:
+        logger.warning("model card names a heatmap method this web app has no name for: %r",
+                       method)
+    return method
 
 
 def served_version(statuses: Sequence) -> Optional[int]:

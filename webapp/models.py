@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from werkzeug.security import check_password_hash, generate_password_hash
 
+from components.features import HEATMAP_METHOD_NAMES
 from webapp.ood_reasons import OodReason
 from webapp.ood_reasons import describe as describe_ood_reasons
 
@@ -33,6 +34,7 @@ SIDE_FROM_DICOM = "dicom"
 SIDE_FROM_USER = "user"
 
 STUDY_REFERENCE_MAX_LENGTH = 64
+HEATMAP_METHOD_MAX_LENGTH = 16
 
 MIN_PASSWORD_LENGTH = 12
 
@@ -157,6 +159,11 @@ class Prediction(Base):
     model_version: Mapped[Optional[int]] = mapped_column(sa.BigInteger, nullable=True)
     model_pushed_at: Mapped[Optional[str]] = mapped_column(sa.String(40), nullable=True)
     data_version: Mapped[Optional[str]] = mapped_column(sa.String(80), nullable=True)
+    # The class activation map the model served with the heatmap (a key of
+    # components.features.HEATMAP_METHOD_NAMES, from its card); NULL without a heatmap,
+    # for a card that does not say, and for rows graded before migration 0006.
+    heatmap_method: Mapped[Optional[str]] = mapped_column(
+        sa.String(HEATMAP_METHOD_MAX_LENGTH), nullable=True)
     # The model's out-of-distribution check; NULL when the model had none.
     out_of_distribution: Mapped[Optional[bool]] = mapped_column(sa.Boolean, nullable=True)
     ood_score: Mapped[Optional[float]] = mapped_column(sa.Float, nullable=True)
@@ -202,6 +209,12 @@ class Prediction(Base):
         return describe_ood_reasons(self.ood_reason)
 
     @property
+    def heatmap_name(self) -> str:
+        """The heatmap's method as users know it ("Grad-CAM", "LayerCAM", ...): the
+        recorded key when it has no such name, "Heatmap" when none was recorded."""
+        return HEATMAP_METHOD_NAMES.get(self.heatmap_method or "", self.heatmap_method or "Heatmap")
+
+    @property
     def side_name(self) -> Optional[str]:
         """"left", "right", or None for rows graded before sides were recorded."""
         return SIDE_NAMES.get(self.side or "")
@@ -222,7 +235,8 @@ class PredictionImage(Base):
     )
     # Exactly the PNG bytes sent to the model server (kept for retries and display).
     image_png: Mapped[bytes] = mapped_column(sa.LargeBinary)
-    # Grad-CAM heat as an RGBA PNG at the model's heatmap resolution.
+    # The heatmap (Prediction.heatmap_method) as an RGBA PNG at the model's heatmap
+    # resolution.
     heatmap_png: Mapped[Optional[bytes]] = mapped_column(sa.LargeBinary, nullable=True)
 
     prediction: Mapped[Prediction] = relationship(back_populates="image")

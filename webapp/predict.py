@@ -213,14 +213,14 @@ def image(prediction_id: int):
 @bp.route("/predictions/<id:prediction_id>/heatmap.png")
 @login_required
 def heatmap(prediction_id: int):
-    """The Grad-CAM overlay.
+    """The heatmap overlay (the method the model served: ``Prediction.heatmap_method``).
 
     Raises:
         404 if missing or if the model gave no heatmap; 403 if another user's.
     """
     prediction = get_visible_prediction(get_session(), current_user, prediction_id)
     if not prediction.image.heatmap_png:
-        return error_response(404, "This prediction has no Grad-CAM heatmap.")
+        return error_response(404, "This prediction has no heatmap.")
     return _png(prediction.image.heatmap_png)
 
 

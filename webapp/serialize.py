@@ -63,6 +63,8 @@ def prediction_json(prediction: Prediction) -> dict:
                 "pushed_at": prediction.model_pushed_at,
                 "data_version": prediction.data_version,
             },
+            # The map behind the heatmap overlay (null: none computed, or not recorded).
+            heatmap_method=prediction.heatmap_method,
         )
         if prediction.is_graded:
             body.update(

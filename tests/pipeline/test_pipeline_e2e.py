@@ -61,6 +61,9 @@ def test_model_card_records_metrics_history_and_lineage(pipeline_run):
     assert decision["test_time_augmentation"] is pipeline_run.params.model.tta
     assert decision["recall_floor"] == pipeline_run.params.model.recall_floor
     assert len(decision["grade_offsets"]) == 5 and decision["temperature"] > 0
+    # Which map the `gradcam` signature serves, so the web app can name it.
+    assert card["heatmap"] == {"method": pipeline_run.params.model.heatmap_method,
+                               "layer": pipeline_run.params.model.heatmap_layer}
 
 
 def test_evaluator_metrics_match_a_confusion_matrix_computed_by_hand(pipeline_run, pushed):

@@ -50,6 +50,7 @@ POSTGRES_MODULES = {
     "test_webapp_predict",
     "test_webapp_side_reference",
     "test_webapp_ood_reason",
+    "test_webapp_heatmap_method",
 }
 
 

@@ -202,7 +202,7 @@ def test_the_migration_keeps_old_rows_and_they_still_render(make_app, new_databa
     assert "ood_reason" not in _columns(engine)
 
     app = make_app(DATABASE_URL=url)  # upgrades to the head revision
-    assert migrate.current_revision(engine) == migrate.head_revision() == "0005_ood_reason"
+    assert migrate.current_revision(engine) == migrate.head_revision()
     assert "ood_reason" in _columns(engine)
     with app.app_context():
         rows = db.get_session().scalars(sa.select(Prediction).order_by(Prediction.id)).all()

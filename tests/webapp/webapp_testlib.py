@@ -66,11 +66,17 @@ def upload(client, files, *, json_response=False, token=None, side="R", study_re
     return client.post("/predictions", data=data, headers=headers, content_type="multipart/form-data")
 
 
-def write_model_card(model_base_path: str, version: int, **lineage) -> dict:
+def write_model_card(model_base_path: str, version: int, *, sections=None, **lineage) -> dict:
     """Writes the fixture card (with ``version``, and ``lineage`` entries replaced) where
-    the pusher would put it."""
+    the pusher would put it. ``sections`` replaces top-level entries; None values drop
+    them."""
     with open(CARD_FIXTURE, encoding="utf-8") as f:
         card = json.load(f)
+    for key, value in (sections or {}).items():
+        if value is None:
+            card.pop(key, None)
+        else:
+            card[key] = value
     card["version"] = version
     card["lineage"].update({"pipeline_run_id": f"koa-test-run-v{version}", **lineage})
     path = features.model_card_path(os.path.join(model_base_path, str(version)))
