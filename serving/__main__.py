@@ -7,7 +7,6 @@ import importlib.metadata
 import logging
 import os
 import sys
-from typing import Optional
 
 from components import features
 from serving import flags
@@ -27,28 +26,6 @@ def _version_text() -> str:
     return (f"TensorFlow ModelServer: koa-serving {installed('koa-grading')} "
             f"(TensorFlow Serving API {installed('tensorflow-serving-api')})\n"
             f"TensorFlow Library: {installed('tensorflow')}")
-
-
-def onednn_warning(environ) -> Optional[str]:
-    """The warning to log when the environment turns oneDNN on for this server.
-
-    TensorFlow reads ``TF_ENABLE_ONEDNN_OPTS`` as a boolean (``1``/``true``) and keeps
-    oneDNN off by default on AMD CPUs. Turned on, it made a batch-1 prediction of the
-    alpha=1.0 model x26 slower on this project's 2-core EPYC (docs/model.md, round 14),
-    while it speeds training: a shell set up for training can carry it here.
-
-    Args:
-        environ: the process environment (a mapping of str to str).
-
-    Returns:
-        The message, or None when oneDNN is not forced on.
-    """
-    value = environ.get("TF_ENABLE_ONEDNN_OPTS", "")
-    if value.strip().lower() not in ("1", "true"):
-        return None
-    return (f"TF_ENABLE_ONEDNN_OPTS={value} turns oneDNN on for serving; on AMD CPUs it made "
-            "batch-1 predictions x26 slower here (docs/serving.md). Unset it for the "
-            "model server; it is meant for training.")
 
 
 def main(argv=None) -> int:
@@ -83,9 +60,6 @@ def main(argv=None) -> int:
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     features.select_keras_2()  # before TensorFlow loads
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-    warning = onednn_warning(os.environ)
-    if warning:
-        _LOG.warning("%s", warning)
     try:
         server = ModelServer(options)
         server.install_signal_handlers()

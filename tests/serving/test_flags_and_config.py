@@ -96,19 +96,6 @@ def test_version_flag_prints_versions_and_exits(capsys):
     assert "TensorFlow Library: 2." in out
 
 
-@pytest.mark.parametrize("value, warned", [
-    (None, False), ("0", False), ("false", False), ("", False),
-    ("1", True), ("true", True), (" TRUE ", True)])
-def test_a_server_environment_with_onednn_forced_on_is_warned_about(value, warned):
-    from serving.__main__ import onednn_warning
-
-    environ = {} if value is None else {"TF_ENABLE_ONEDNN_OPTS": value}
-    message = onednn_warning(environ)
-    assert (message is not None) is warned
-    if warned:
-        assert "TF_ENABLE_ONEDNN_OPTS" in message and "Unset it" in message
-
-
 def test_channel_arguments():
     assert flags.parse_channel_arguments("grpc.max_receive_message_length=10,grpc.lb_policy_name=x") == [
         ("grpc.max_receive_message_length", 10), ("grpc.lb_policy_name", "x")]
