@@ -27,7 +27,7 @@ features.select_keras_2()  # before TensorFlow is imported
 logger = logging.getLogger("model_cost")
 
 
-def _load(model_dir):
+def serving_function(model_dir):
     """The model's serving signature as a function of a list of encoded images."""
     import tensorflow as tf
 
@@ -35,7 +35,25 @@ def _load(model_dir):
     return lambda images: serve(**{features.SERVING_INPUT: tf.constant(images)})
 
 
-def _measure(serve, images, repeats):
+def load_films(folder, limit=64):
+    """The encoded bytes of up to `limit` PNG/JPEG films in `folder` (sorted by name).
+
+    Raises:
+        SystemExit: if the folder holds fewer than 32 (a batch-32 call needs them).
+    """
+    files = sorted(glob.glob(os.path.join(folder, "*.png"))
+                   + glob.glob(os.path.join(folder, "*.jpg")))[:limit]
+    if len(files) < 32:
+        raise SystemExit(f"need at least 32 images in {folder}, found {len(files)}")
+    films = []
+    for path in files:
+        with open(path, "rb") as f:
+            films.append(f.read())
+    return films
+
+
+def measure(serve, images, repeats):
+    """Batch-1 p50/p99 (ms) over `repeats` calls, then batch-32 images/s."""
     import numpy as np
 
     latencies = []
@@ -68,25 +86,19 @@ def main(argv=None) -> int:
     from components import atomic_dir
     from koa.cli import setup_logging
     setup_logging()
-    files = sorted(glob.glob(os.path.join(args.images, "*.png"))
-                   + glob.glob(os.path.join(args.images, "*.jpg")))[:64]
-    if len(files) < 32:
-        raise SystemExit(f"need at least 32 images in {args.images}, found {len(files)}")
-    images = []
-    for path in files:
-        with open(path, "rb") as f:
-            images.append(f.read())
+    images = load_films(args.images)
 
     import numpy as np
 
-    models = {"baseline": _load(args.baseline), "candidate": _load(args.candidate)}
+    models = {"baseline": serving_function(args.baseline),
+              "candidate": serving_function(args.candidate)}
     for serve in models.values():
         serve(images[:1])
         serve(images[:32])
     rounds = {name: [] for name in models}
     for i in range(args.rounds):
         for name, serve in models.items():
-            rounds[name].append(_measure(serve, images, args.repeats))
+            rounds[name].append(measure(serve, images, args.repeats))
         logger.info("round %d/%d: batch-1 p50 %.1f ms (candidate) vs %.1f ms (baseline)",
                     i + 1, args.rounds, rounds["candidate"][-1]["p50_ms_batch1"],
                     rounds["baseline"][-1]["p50_ms_batch1"])
