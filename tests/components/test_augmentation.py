@@ -253,6 +253,26 @@ def test_the_configured_heatmap_layer_and_method_are_the_served_ones(tmp_path, p
                            atol=1e-2)
 
 
+def test_the_fitted_grade_offsets_are_the_served_ones(tmp_path, pipeline_run):
+    size, tft_output, pngs, ds = _session_films(pipeline_run)
+    config = ModelConfig(image_size=size, weights="none")
+    net = model.build_model(config)
+    post_hoc.fit(net, config, ds, ds)
+    net.grade_offsets.offsets.assign(np.zeros(features.NUM_GRADES, np.float32))
+    plain = export._serving_signatures(net, tft_output, tta=False)[
+        features.SERVING_SIGNATURE](tf.constant(pngs))[features.GRADE_OUTPUT].numpy()
+    # A grade the plain network does not give every film, raised far above the others.
+    lifted = next(g for g in range(features.NUM_GRADES) if not (plain == g).all())
+    offsets = np.zeros(features.NUM_GRADES, np.float32)
+    offsets[lifted] = 50.0
+    net.grade_offsets.offsets.assign(offsets)
+    export.export(net, tft_output, str(tmp_path / "model"), {}, {})
+
+    served = tf.saved_model.load(str(tmp_path / "model")).signatures[
+        features.SERVING_SIGNATURE](**{features.SERVING_INPUT: tf.constant(pngs)})
+    assert (served[features.GRADE_OUTPUT].numpy() == lifted).all()
+
+
 def test_a_heatmap_layer_the_backbone_lacks_fails_before_training():
     config = ModelConfig(image_size=64, weights="none", heatmap_layer="block_99_add")
     with pytest.raises(ValueError, match="block_99_add"):
