@@ -71,6 +71,38 @@ def measure(serve, images, repeats):
             "images_per_second_batch32": throughput}
 
 
+def compare(rounds, baseline, candidate):
+    """Medians over the rounds of two settings' `measure` figures, the candidate's batch-1
+    p50 and batch-32 throughput as ratios to the baseline's, logged.
+
+    Args:
+        rounds: setting name -> list of `measure` results, one per round.
+        baseline, candidate: the two names in `rounds`.
+
+    Returns:
+        {baseline: medians, candidate: medians, "latency_ratio_p50_batch1",
+        "throughput_ratio_batch32"}.
+    """
+    import numpy as np
+
+    keys = ("p50_ms_batch1", "p99_ms_batch1", "images_per_second_batch32")
+    medians = {name: {key: float(np.median([r[key] for r in rounds[name]])) for key in keys}
+               for name in (baseline, candidate)}
+    base, cand = medians[baseline], medians[candidate]
+    summary = {
+        **medians,
+        "latency_ratio_p50_batch1": cand["p50_ms_batch1"] / base["p50_ms_batch1"],
+        "throughput_ratio_batch32": (cand["images_per_second_batch32"]
+                                     / base["images_per_second_batch32"]),
+    }
+    logger.info("batch 1 p50: %.1f ms (%s) vs %.1f ms (%s), ratio %.2f", cand["p50_ms_batch1"],
+                candidate, base["p50_ms_batch1"], baseline, summary["latency_ratio_p50_batch1"])
+    logger.info("batch 32: %.1f images/s (%s) vs %.1f (%s), ratio %.2f",
+                cand["images_per_second_batch32"], candidate,
+                base["images_per_second_batch32"], baseline, summary["throughput_ratio_batch32"])
+    return summary
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -87,9 +119,6 @@ def main(argv=None) -> int:
     from koa.cli import setup_logging
     setup_logging()
     images = load_films(args.images)
-
-    import numpy as np
-
     models = {"baseline": serving_function(args.baseline),
               "candidate": serving_function(args.candidate)}
     for serve in models.values():
@@ -102,24 +131,12 @@ def main(argv=None) -> int:
         logger.info("round %d/%d: batch-1 p50 %.1f ms (candidate) vs %.1f ms (baseline)",
                     i + 1, args.rounds, rounds["candidate"][-1]["p50_ms_batch1"],
                     rounds["baseline"][-1]["p50_ms_batch1"])
-    medians = {name: {key: float(np.median([r[key] for r in measured]))
-                      for key in measured[0]} for name, measured in rounds.items()}
-    baseline, candidate = medians["baseline"], medians["candidate"]
     result = {
         "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "baseline_model": os.path.abspath(args.baseline),
         "candidate_model": os.path.abspath(args.candidate),
-        "rounds": rounds, "baseline": baseline, "candidate": candidate,
-        "latency_ratio_p50_batch1": candidate["p50_ms_batch1"] / baseline["p50_ms_batch1"],
-        "throughput_ratio_batch32": (candidate["images_per_second_batch32"]
-                                     / baseline["images_per_second_batch32"]),
+        "rounds": rounds, **compare(rounds, "baseline", "candidate"),
     }
-    logger.info("batch 1 p50: %.1f ms (candidate) vs %.1f ms (baseline), ratio %.2f",
-                candidate["p50_ms_batch1"], baseline["p50_ms_batch1"],
-                result["latency_ratio_p50_batch1"])
-    logger.info("batch 32: %.1f images/s (candidate) vs %.1f (baseline), ratio %.2f",
-                candidate["images_per_second_batch32"], baseline["images_per_second_batch32"],
-                result["throughput_ratio_batch32"])
     atomic_dir.write_json(args.out, result)
     return 0
 

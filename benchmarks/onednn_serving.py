@@ -22,7 +22,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from benchmarks.model_cost import load_films, measure, serving_function  # noqa: E402
+from benchmarks.model_cost import compare, load_films, measure, serving_function  # noqa: E402
 from components import features  # noqa: E402
 
 logger = logging.getLogger("onednn_serving")
@@ -89,8 +89,6 @@ def main(argv=None) -> int:
         print(json.dumps(_worker(args.model, args.images, args.repeats)))
         return 0
 
-    import numpy as np
-
     from components import atomic_dir
     from koa.cli import setup_logging
     setup_logging()
@@ -103,26 +101,14 @@ def main(argv=None) -> int:
             rounds[setting].append(_run_worker(args, setting))
         logger.info("round %d/%d: batch-1 p50 %.1f ms on vs %.1f ms off", i + 1, args.rounds,
                     rounds["on"][-1]["p50_ms_batch1"], rounds["off"][-1]["p50_ms_batch1"])
-    medians = {setting: {key: float(np.median([r[key] for r in measured]))
-                         for key in ("p50_ms_batch1", "p99_ms_batch1",
-                                     "images_per_second_batch32")}
-               for setting, measured in rounds.items()}
-    off, on = medians["off"], medians["on"]
     result = {
         "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "model": os.path.abspath(args.model),
         "cpu_flags": _cpu_flags(), "onednn_default_on": default_on,
         "load_average_at_end": list(os.getloadavg()),
-        "rounds": rounds, "off": off, "on": on,
-        "latency_ratio_p50_batch1_on_to_off": on["p50_ms_batch1"] / off["p50_ms_batch1"],
-        "throughput_ratio_batch32_on_to_off": (on["images_per_second_batch32"]
-                                               / off["images_per_second_batch32"]),
+        # Ratios of "on" to "off".
+        "rounds": rounds, **compare(rounds, "off", "on"),
     }
-    logger.info("batch 1 p50: %.1f ms on vs %.1f ms off, ratio %.2f", on["p50_ms_batch1"],
-                off["p50_ms_batch1"], result["latency_ratio_p50_batch1_on_to_off"])
-    logger.info("batch 32: %.1f images/s on vs %.1f off, ratio %.2f",
-                on["images_per_second_batch32"], off["images_per_second_batch32"],
-                result["throughput_ratio_batch32_on_to_off"])
     atomic_dir.write_json(args.out, result)
     return 0
 
