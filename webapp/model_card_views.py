@@ -5,10 +5,11 @@ import logging
 from flask import Blueprint, current_app, render_template, request
 from flask_login import login_required
 
-from components.features import GRADE_NAMES, HEATMAP_METHOD_NAMES
+from components.features import GRADE_NAMES
 from serving.client import ServingError
 from webapp import charts, model_card, serving_gateway
 from webapp.errors import error_response
+from webapp.models import heatmap_display_name
 
 logger = logging.getLogger(__name__)
 
@@ -77,5 +78,5 @@ def index():
         curves=_curve_charts((card or {}).get("training_history") or {}),
         model_name=current_app.config["KOA_MODEL_NAME"],
         grade_names=GRADE_NAMES,
-        heatmap_names=HEATMAP_METHOD_NAMES,
+        heatmap_name=heatmap_display_name,
     )

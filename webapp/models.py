@@ -39,6 +39,14 @@ HEATMAP_METHOD_MAX_LENGTH = 16
 MIN_PASSWORD_LENGTH = 12
 
 
+def heatmap_display_name(method: Optional[str]) -> str:
+    """A heatmap method (``model.heatmap_method``) as users know it ("Grad-CAM",
+    "LayerCAM", ...): the key itself when it has no such name, "Heatmap" when unknown."""
+    if not method:
+        return "Heatmap"
+    return HEATMAP_METHOD_NAMES.get(method, method)
+
+
 def utcnow() -> dt.datetime:
     """Returns the current time as a naive UTC datetime (what the DB columns hold)."""
     return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
@@ -210,9 +218,8 @@ class Prediction(Base):
 
     @property
     def heatmap_name(self) -> str:
-        """The heatmap's method as users know it ("Grad-CAM", "LayerCAM", ...): the
-        recorded key when it has no such name, "Heatmap" when none was recorded."""
-        return HEATMAP_METHOD_NAMES.get(self.heatmap_method or "", self.heatmap_method or "Heatmap")
+        """`heatmap_display_name` of the recorded method."""
+        return heatmap_display_name(self.heatmap_method)
 
     @property
     def side_name(self) -> Optional[str]:
