@@ -222,7 +222,7 @@ def grade_upload(
         side: The side chosen at upload as sent (L, R, left, right; None or "" for
             none); a DICOM laterality attribute overrides it (see resolve_side).
         study_reference: The reference the user typed, as sent (None or "" for none).
-        explain: Ask the server for the Grad-CAM heatmap too.
+        explain: Ask the server for the heatmap too (the method the model card names).
 
     Returns:
         The stored prediction, with status ``done`` or ``failed``.

@@ -1,4 +1,4 @@
-"""Renders the model's Grad-CAM heatmap as a translucent colour overlay PNG."""
+"""Renders the served heatmap (Grad-CAM, Grad-CAM++ or LayerCAM) as a colour overlay PNG."""
 
 import io
 

@@ -1,4 +1,4 @@
-// Grad-CAM controls of the result page: the overlay is off until asked for, its opacity
+// Heatmap controls of the result page: the overlay is off until asked for, its opacity
 // adjustable (kept out of the HTML: no inline scripts under the CSP).
 "use strict";
 document.addEventListener("DOMContentLoaded", function () {
