@@ -1,7 +1,9 @@
 """Evaluator configuration (TFMA) and reading its results back as plain numbers.
 
 The gate: overall accuracy and every grade's recall must clear configured lower bounds,
-and accuracy may not fall more than a configured margin below the last blessed model.
+the expected calibration error of the served probabilities must stay under a configured
+upper bound, and accuracy may not fall more than a configured margin below the last
+blessed model.
 """
 
 import json
@@ -19,7 +21,7 @@ _CONFUSION_PLOT = "multi_class_confusion_matrix_plot"
 
 
 def build_eval_config(recall_lower_bounds: Sequence[float], accuracy_lower_bound: float,
-                      max_accuracy_drop: float) -> tfma.EvalConfig:
+                      max_accuracy_drop: float, ece_upper_bound: float = 1.0) -> tfma.EvalConfig:
     """The Evaluator's TFMA config.
 
     Args:
@@ -27,6 +29,9 @@ def build_eval_config(recall_lower_bounds: Sequence[float], accuracy_lower_bound
       accuracy_lower_bound: the least acceptable overall accuracy.
       max_accuracy_drop: how far accuracy may fall below the last blessed model's
         (0 = no regression at all). Ignored on the first run, when there is no baseline.
+      ece_upper_bound: the largest acceptable expected calibration error (10 equal-width
+        confidence bins, components/metrics.py) of the served probabilities; 1.0 lets
+        every model through, since ECE lies in [0, 1].
 
     Returns:
       tfma.EvalConfig for the `from_examples` signature of the candidate model.
@@ -44,6 +49,10 @@ def build_eval_config(recall_lower_bounds: Sequence[float], accuracy_lower_bound
     def lower_bound(value):
         return overall_only(tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(
             lower_bound={"value": value})))
+
+    def upper_bound(value):
+        return overall_only(tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(
+            upper_bound={"value": value})))
 
     accuracy_threshold = tfma.MetricThreshold(
         value_threshold=tfma.GenericValueThreshold(lower_bound={"value": accuracy_lower_bound}),
@@ -63,7 +72,8 @@ def build_eval_config(recall_lower_bounds: Sequence[float], accuracy_lower_bound
                           config=json.dumps({"name": "mae"})),
         # Calibration of the served probabilities (10 equal-width confidence bins).
         tfma.MetricConfig(class_name="ExpectedCalibrationError", module=_METRICS_MODULE,
-                          config=json.dumps({"name": "ece"})),
+                          config=json.dumps({"name": "ece"}),
+                          per_slice_thresholds=upper_bound(ece_upper_bound)),
         tfma.MetricConfig(class_name="MultiClassConfusionMatrixPlot"),
     ]
     for grade, bound in enumerate(recall_lower_bounds):
@@ -138,6 +148,8 @@ def _describe(failure) -> str:
     threshold = failure.metric_threshold
     if threshold.HasField("change_threshold"):
         bound = f"change >= {threshold.change_threshold.absolute.value:.4f}"
+    elif threshold.value_threshold.HasField("upper_bound"):
+        bound = f"<= {threshold.value_threshold.upper_bound.value:.4f}"
     else:
         bound = f">= {threshold.value_threshold.lower_bound.value:.4f}"
     return f"{what} = {failure.metric_value.double_value.value:.4f}, needs {bound}"

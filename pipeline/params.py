@@ -36,6 +36,8 @@ class GateParams:
     recall_lower_bounds: List[float] = dataclasses.field(
         default_factory=lambda: [0.0] * features.NUM_GRADES)
     max_accuracy_drop: float = 0.0
+    # Calibration: the probabilities clinicians read must mean what they say (1.0 = off).
+    ece_upper_bound: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +95,11 @@ def parse(raw: dict) -> Params:
     if len(bounds) != features.NUM_GRADES or not all(0.0 <= b <= 1.0 for b in bounds):
         raise ParamsError(f"gate.recall_lower_bounds needs {features.NUM_GRADES} values in "
                           f"[0, 1], got {bounds}")
+    for name in ("accuracy_lower_bound", "max_accuracy_drop", "ece_upper_bound"):
+        value = getattr(params.gate, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not 0.0 <= value <= 1.0:
+            raise ParamsError(f"gate.{name} must be a number in [0, 1], got {value!r}")
     if params.run.beam_workers < 1:
         raise ParamsError(f"run.beam_workers must be >= 1, got {params.run.beam_workers}")
     if not isinstance(params.run.tune, bool):

@@ -151,7 +151,7 @@ def test_bad_model_is_not_pushed_and_is_compared_with_the_blessed_one(pipeline_r
     good = pipeline_run.params
     bad = dataclasses.replace(
         tiny_params(accuracy_lower_bound=0.0, recall_lower_bounds=[0.99] * 5,
-                    max_accuracy_drop=0.0),
+                    max_accuracy_drop=0.0, ece_upper_bound=0.0),
         model=dataclasses.replace(good.model, finetune_epochs=0))
     record = local_runner.run(bad, str(pipeline_run.project_dir))
     assert not record.blessed and not record.pushed
@@ -161,6 +161,9 @@ def test_bad_model_is_not_pushed_and_is_compared_with_the_blessed_one(pipeline_r
     reported = evaluation.load_grade_metrics(record.outputs["Evaluator.evaluation"])
     assert not reported["blessed"]
     assert any(f.startswith("recall_grade_") for f in reported["failures"])
+    # The calibration bound is an upper one and is reported as such.
+    assert any(f.startswith("ece = ") and f.endswith("needs <= 0.0000")
+               for f in reported["failures"]), reported["failures"]
     # The last blessed model was the baseline: TFMA computed differences against it.
     import tensorflow_model_analysis as tfma
     overall = next(m for m in tfma.load_metrics(record.outputs["Evaluator.evaluation"])
