@@ -37,6 +37,19 @@ def test_offsets_keep_accuracy_when_the_floor_is_already_met():
         logits.argmax(1) == labels)
 
 
+def test_of_equally_good_offsets_the_smallest_is_chosen():
+    """Grade-0 films the network calls grade 2 by 0.95 logits and grade-2 films it calls
+    by 5: every grade-2 offset from -1.0 down to -3.0 gets all of them right."""
+    labels = np.array([0] * 20 + [2] * 20)
+    logits = np.zeros((40, 3))
+    logits[:20, 2] = 0.95
+    logits[20:, 2] = 5.0
+    offsets = grade_offsets.fit(logits, labels, recall_floor=0.0)
+    assert offsets[2] == pytest.approx(-1.0)
+    assert offsets[1] == 0.0
+    assert np.all((logits + offsets).argmax(1) == labels)
+
+
 def test_cross_fitted_estimate_scores_unseen_halves():
     logits, labels = _under_called_grade(seed=2)
     estimate = grade_offsets.cross_fitted(logits, labels, recall_floor=0.6)
