@@ -46,13 +46,10 @@ def build_eval_config(recall_lower_bounds: Sequence[float], accuracy_lower_bound
         return [tfma.PerSliceMetricThreshold(slicing_specs=[tfma.SlicingSpec()],
                                              threshold=threshold)]
 
-    def lower_bound(value):
+    def value_gate(**side):
+        # lower_bound=x or upper_bound=x: the metric's value must stay on that side of x.
         return overall_only(tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(
-            lower_bound={"value": value})))
-
-    def upper_bound(value):
-        return overall_only(tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(
-            upper_bound={"value": value})))
+            **{name: {"value": x} for name, x in side.items()})))
 
     accuracy_threshold = tfma.MetricThreshold(
         value_threshold=tfma.GenericValueThreshold(lower_bound={"value": accuracy_lower_bound}),
@@ -73,14 +70,14 @@ def build_eval_config(recall_lower_bounds: Sequence[float], accuracy_lower_bound
         # Calibration of the served probabilities (10 equal-width confidence bins).
         tfma.MetricConfig(class_name="ExpectedCalibrationError", module=_METRICS_MODULE,
                           config=json.dumps({"name": "ece"}),
-                          per_slice_thresholds=upper_bound(ece_upper_bound)),
+                          per_slice_thresholds=value_gate(upper_bound=ece_upper_bound)),
         tfma.MetricConfig(class_name="MultiClassConfusionMatrixPlot"),
     ]
-    for grade, bound in enumerate(recall_lower_bounds):
+    for grade, least in enumerate(recall_lower_bounds):
         metric_configs.append(tfma.MetricConfig(
             class_name="GradeRecall", module=_METRICS_MODULE,
             config=json.dumps({"grade": grade, "name": f"recall_grade_{grade}"}),
-            per_slice_thresholds=lower_bound(bound)))
+            per_slice_thresholds=value_gate(lower_bound=least)))
 
     return tfma.EvalConfig(
         model_specs=[tfma.ModelSpec(

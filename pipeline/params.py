@@ -72,6 +72,12 @@ def _section(cls, values, name):
     return cls(**values)
 
 
+def _is_fraction(value) -> bool:
+    """A number (not a bool) in [0, 1]."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and 0.0 <= value <= 1.0)
+
+
 def parse(raw: dict) -> Params:
     """Params from an already-loaded mapping, with every value checked."""
     if not isinstance(raw, dict):
@@ -92,13 +98,13 @@ def parse(raw: dict) -> Params:
     if not 0.0 < params.data.eval_fraction < 1.0:
         raise ParamsError(f"data.eval_fraction must be in (0, 1), got {params.data.eval_fraction}")
     bounds = params.gate.recall_lower_bounds
-    if len(bounds) != features.NUM_GRADES or not all(0.0 <= b <= 1.0 for b in bounds):
+    if not isinstance(bounds, (list, tuple)) or len(bounds) != features.NUM_GRADES \
+            or not all(map(_is_fraction, bounds)):
         raise ParamsError(f"gate.recall_lower_bounds needs {features.NUM_GRADES} values in "
                           f"[0, 1], got {bounds}")
     for name in ("accuracy_lower_bound", "max_accuracy_drop", "ece_upper_bound"):
         value = getattr(params.gate, name)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) \
-                or not 0.0 <= value <= 1.0:
+        if not _is_fraction(value):
             raise ParamsError(f"gate.{name} must be a number in [0, 1], got {value!r}")
     if params.run.beam_workers < 1:
         raise ParamsError(f"run.beam_workers must be >= 1, got {params.run.beam_workers}")
